@@ -1,0 +1,6 @@
+"""Recipes, one module per phenomenon; each registers itself in RECIPES under its experiment name."""
+from framework.registry import Registry
+
+RECIPES = Registry("experiment")
+
+from experiments import vanishing_gradients  # noqa: E402,F401  (registers)

@@ -1,0 +1,97 @@
+"""The `repro` command line."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from framework.registry import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproduce documented phenomena of neural-network training, tracked run by run.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+def _recipes():
+    from experiments import RECIPES
+    return RECIPES
+
+
+def _fail(e: Exception):
+    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def print_verdicts(verdicts: list[dict]) -> None:
+    table = Table(title="Verdict", show_lines=True)
+    for col in ("experiment", "claim", "measured", "criterion", "verdict"):
+        table.add_column(col, overflow="fold")
+    for v in verdicts:
+        for c in v["claims"]:
+            measured = ", ".join(f"{k}={_fmt(x)}" for k, x in c["measured"].items())
+            mark = "[green]reproduced[/]" if c["reproduced"] else "[red]not reproduced[/]"
+            table.add_row(f"{v['experiment']} [{v['scale']}]", c["claim"], measured, c["criterion"], mark)
+    console.print(table)
+
+
+@app.command()
+def run(
+    experiment: str = typer.Argument(..., help="a recipe name (see `repro list`), or 'all'"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides: model.depth=20 optim.lr=0.05; "
+                                                              "grid.model.depth=[2,3] replaces a grid axis"),
+    scale: Optional[str] = typer.Option(None, help="smoke, cpu (default) or a scale the recipe's YAML defines"),
+    force: bool = typer.Option(False, help="re-run finished runs instead of skipping them"),
+    runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
+    reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")), help="verdicts and figures"),
+):
+    """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
+    from framework.recipe import run_suite
+    from framework.store import RunStore
+    try:
+        recipes = _recipes()
+        names = recipes.names() if experiment == "all" else [experiment]
+        for name in names:
+            recipes.check(name, "experiment")
+        verdicts = []
+        for name in names:
+            recipe = recipes.get(name)()
+            verdicts.append(run_suite(recipe, scale, overrides or [], RunStore(runs_dir), reports_dir, force, console))
+            console.print(f"wrote {reports_dir / name}/verdict.json and figures "
+                          f"({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); runs: {verdicts[-1]['runs']}")
+        print_verdicts(verdicts)
+    except UserError as e:
+        _fail(e)
+
+
+@app.command("list")
+def list_recipes():
+    """Each recipe, its claims and its papers."""
+    try:
+        recipes = _recipes()
+        table = Table(show_lines=True)
+        for col in ("experiment", "phenomenon", "claims", "papers", "scales"):
+            table.add_column(col, overflow="fold")
+        for name in recipes.names():
+            r = recipes.get(name)()
+            doc = (sys.modules[type(r).__module__].__doc__ or "")
+            claims = "\n".join(line.strip() for line in doc.splitlines() if line[:2].strip().rstrip(".").isdigit())
+            table.add_row(name, r.title, claims, "; ".join(r.papers), ", ".join(r.scales()))
+        console.print(table)
+    except UserError as e:
+        _fail(e)
+
+
+def main():  # pragma: no cover
+    app()

@@ -1,0 +1,301 @@
+"""Typed run configs: YAML in, dotted overrides, validation at load time, identity by hash.
+
+A run's identity is the hash of the config fields that differ from their defaults (sorted, as JSON), so adding
+a new option with a default keeps every existing run's hash, and a relaunched suite skips finished runs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from framework.registry import UserError, suggest
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"            # registry: framework.data.DATASETS
+    n_samples: int = 1000           # synthetic datasets only
+    n_features: int = 16            # gaussian only
+    n_classes: int = 4              # gaussian only
+    class_sep: float = 2.0          # gaussian: distance scale between class means
+    noise: float = 0.1              # regression: std of the target noise
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    n_train: int = 0                # >0: keep only this many training samples
+    split_seed: int = 0             # the split is fixed across run seeds
+    batch_size: int = 64
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"               # registry: framework.models.MODELS
+    depth: int = 2                  # hidden layers
+    width: int = 64
+    activation: str = "relu"        # registry: framework.models.ACTIVATIONS
+    residual: bool = False
+    batch_norm: bool = False
+    dropout: float = 0.0
+    init: str = "default"           # registry: framework.models.INITS
+    init_std: float = 0.01          # init=normal
+    init_value: float = 0.0         # init=constant
+
+
+@dataclass
+class LossConfig:
+    name: str = "cross_entropy"     # registry: framework.losses.LOSSES
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"               # registry: framework.optim.OPTIMIZERS
+    lr: float = 0.1
+    base_batch_size: int = 0        # >0: linear scaling rule, lr_used = lr * batch_size / base_batch_size
+    momentum: float = 0.9           # momentum, nesterov, rmsprop
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"          # registry: framework.optim.SCHEDULES
+    warmup_epochs: float = 0.0      # linear warm-up from ~0 before the schedule
+    step_epochs: float = 10.0       # step: decay every this many epochs
+    gamma: float = 0.1              # step: decay factor
+    final_fraction: float = 0.0     # cosine, linear: lr at the end as a fraction of the peak
+    time_constant: float = 100.0    # inverse_time: lr * b / (b + t), b in steps
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    gradient_clip: float = 0.0
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class DiagnosticsConfig:
+    enabled: bool = True
+    every_n_steps: int = 10         # per-layer norms are scalars at an interval, never per-step histograms
+    saturation_threshold: float = 0.05  # a unit is saturated when its activation's derivative is below this share of its maximum
+
+
+@dataclass
+class TrackingConfig:
+    project: str = "repro"
+    entity: str = ""
+    mode: str = "auto"              # auto (online only with an API key and a network), online, offline, disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "adhoc"
+    variant: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# Labels and tracking settings never change what a run computes, so they stay out of its identity.
+NOT_IN_IDENTITY = ("variant", "tracking.")
+
+# Fields whose value must be a registered name; checked at load time, never deep inside a job.
+REGISTRY_FIELDS = {
+    "data.name": ("framework.data", "DATASETS"),
+    "model.name": ("framework.models", "MODELS"),
+    "model.activation": ("framework.models", "ACTIVATIONS"),
+    "model.init": ("framework.models", "INITS"),
+    "loss.name": ("framework.losses", "LOSSES"),
+    "optim.name": ("framework.optim", "OPTIMIZERS"),
+    "schedule.name": ("framework.optim", "SCHEDULES"),
+}
+TRACKING_MODES = ("auto", "online", "offline", "disabled")
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not k.startswith("_"):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _field_types(obj) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check (and lightly convert) an override's value against the field's declared type."""
+    def bad():
+        name = getattr(typ, "__name__", str(typ))
+        return UserError(f"{key}: expected {name}, got {value!r} ({type(value).__name__})")
+
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad()
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad()
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if typing.get_origin(typ) is list:
+        (item,) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise bad()
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    raise bad()
+
+
+def valid_keys(obj=None, prefix: str = "") -> list[str]:
+    obj = obj if obj is not None else RunConfig()
+    keys = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            keys += valid_keys(v, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def set_dotted(cfg: RunConfig, key: str, value: Any) -> None:
+    parts = key.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            here = ".".join(parts[:i])
+            siblings = [f"{here}.{n}" if here else n for n in names]
+            raise UserError(
+                f"unknown key '{key}'{suggest(key, valid_keys())}; "
+                f"valid keys{' under ' + repr(here) if here else ''}: {', '.join(siblings)}")
+        if i == len(parts) - 1:
+            current = getattr(obj, part)
+            if dataclasses.is_dataclass(current):
+                if not isinstance(value, dict):
+                    raise UserError(f"{key}: is a section; set one of its keys, e.g. {key}.{dataclasses.fields(current)[0].name}=...")
+                for k, v in value.items():
+                    set_dotted(cfg, f"{key}.{k}", v)
+                return
+            setattr(obj, part, _coerce(key, value, _field_types(obj)[part]))
+            return
+        obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj):
+            raise UserError(f"unknown key '{key}': '{'.'.join(parts[:i + 1])}' is a value, not a section")
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    out = {}
+    for arg in args:
+        if "=" not in arg:
+            raise UserError(f"override '{arg}' is not of the form key=value (e.g. model.depth=20)")
+        key, text = arg.split("=", 1)
+        out[key.strip()] = parse_value(text)
+    return out
+
+
+def apply(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    cfg = copy.deepcopy(cfg)
+    for key, value in flatten(overrides).items():
+        set_dotted(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    for key, value in flatten(d).items():
+        set_dotted(cfg, key, value)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    import importlib
+    flat = flatten(to_dict(cfg))
+    for key, (module, attr) in REGISTRY_FIELDS.items():
+        getattr(importlib.import_module(module), attr).check(flat[key], key)
+    if cfg.tracking.mode not in TRACKING_MODES:
+        raise UserError(f"tracking.mode: unknown mode '{cfg.tracking.mode}'{suggest(cfg.tracking.mode, TRACKING_MODES)}; "
+                        f"choices: {', '.join(TRACKING_MODES)}")
+    checks = [
+        ("model.depth", cfg.model.depth >= 0, "must be >= 0"),
+        ("model.width", cfg.model.width >= 1, "must be >= 1"),
+        ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),
+        ("data.batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
+        ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "must be in [0, 1)"),
+        ("data.test_fraction", 0.0 < cfg.data.test_fraction < 1.0, "must be in (0, 1)"),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("trainer.max_epochs", cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0, "must be >= 1 (or set trainer.max_steps)"),
+        ("diagnostics.every_n_steps", cfg.diagnostics.every_n_steps >= 1, "must be >= 1"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise UserError(f"{key}: {why}, got {flatten(to_dict(cfg))[key]!r}")
+
+
+def identity(cfg: RunConfig) -> dict[str, Any]:
+    """The fields that define what a run computes: those that differ from their defaults."""
+    ours, default = flatten(to_dict(cfg)), flatten(to_dict(RunConfig()))
+    return {k: v for k, v in sorted(ours.items())
+            if v != default.get(k) and not any(k == p or k.startswith(p) for p in NOT_IN_IDENTITY)}
+
+
+def config_hash(cfg: RunConfig) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

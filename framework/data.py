@@ -1,0 +1,149 @@
+"""Datasets as in-memory tensors, a fixed train/val/test split, and batches cut from the tensors.
+
+Batches are index slices of tensors already in memory (no per-sample DataLoader cost). The shuffle order is a
+function of (run seed, epoch) only; Lightning sets the epoch through `.sampler.set_epoch`, so a resumed run
+sees the same order as an uninterrupted one. Under DDP each rank takes its share of every global batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from framework.registry import Registry
+
+
+@dataclass
+class Dataset:
+    x: torch.Tensor
+    y: torch.Tensor          # long class indices, or float (N, k) targets for regression
+    n_classes: int           # 0 for regression
+    standardise: bool = True
+
+
+@dataclass
+class Splits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.x_train.shape[1:]))
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_classes or self.y_train.shape[1]
+
+
+DATASETS: Registry[Callable[[object, np.random.Generator], Dataset]] = Registry("dataset")
+
+
+@DATASETS.register("regression1d")
+def regression1d(cfg, rng) -> Dataset:
+    """The curve-fitting setup: y = sin(2 pi x) + Gaussian noise, x uniform on [0, 1]."""
+    x = rng.uniform(0, 1, size=(cfg.n_samples, 1))
+    y = np.sin(2 * np.pi * x) + cfg.noise * rng.standard_normal(x.shape)
+    return Dataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), 0, standardise=False)
+
+
+@DATASETS.register("gaussian")
+def gaussian(cfg, rng) -> Dataset:
+    """Isotropic Gaussian classes around random means; class_sep scales the distance between means."""
+    means = rng.standard_normal((cfg.n_classes, cfg.n_features)) * cfg.class_sep / math.sqrt(2)
+    y = rng.integers(0, cfg.n_classes, size=cfg.n_samples)
+    x = means[y] + rng.standard_normal((cfg.n_samples, cfg.n_features))
+    return Dataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), cfg.n_classes)
+
+
+@lru_cache(maxsize=1)
+def _digits():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return d.data.astype(np.float32), d.target.astype(np.int64)
+
+
+@DATASETS.register("digits")
+def digits(cfg, rng) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 real images, 10 classes): ships with the install."""
+    x, y = _digits()
+    return Dataset(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()), 10)
+
+
+def build_splits(cfg) -> Splits:
+    """cfg: DataConfig. The split depends on data.split_seed only, never on the run's seed."""
+    rng = np.random.default_rng(cfg.split_seed)
+    ds = DATASETS.get(cfg.name, "data.name")(cfg, rng)
+    n = len(ds.x)
+    order = torch.from_numpy(rng.permutation(n))
+    n_test = int(round(cfg.test_fraction * n))
+    n_val = int(round(cfg.val_fraction * n))
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    if cfg.n_train > 0:
+        train = train[:cfg.n_train]
+    x_train = ds.x[train]
+    if ds.standardise:
+        # Statistics of the training split; constant features (digits' always-blank border) are left unscaled.
+        mean, std = x_train.mean(0), x_train.std(0)
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        norm = lambda t: (t - mean) / std  # noqa: E731
+    else:
+        norm = lambda t: t  # noqa: E731
+    return Splits(norm(x_train), ds.y[train], norm(ds.x[val]), ds.y[val], norm(ds.x[test]), ds.y[test], ds.n_classes)
+
+
+class TensorBatches:
+    """An iterable of (x, y) batches sliced from tensors; its own `sampler`, so Lightning sets its epoch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False, seed: int = 0):
+        self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
+        self.epoch = 0
+        self.sampler = self
+        self.batch_sampler = None  # Lightning probes both; only `sampler` carries set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        rank, world = _rank_and_world()
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size][rank::world]
+            yield self.x[idx], self.y[idx]
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class TensorDataModule(pl.LightningDataModule):
+    def __init__(self, splits: Splits, batch_size: int, seed: int):
+        super().__init__()
+        self.splits, self.batch_size, self.seed = splits, batch_size, seed
+
+    def train_dataloader(self):
+        s = self.splits
+        return TensorBatches(s.x_train, s.y_train, self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self):
+        s = self.splits
+        return TensorBatches(s.x_val, s.y_val, max(1024, self.batch_size))

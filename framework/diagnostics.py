@@ -1,0 +1,68 @@
+"""Training diagnostics: per-layer gradient and weight norms and activation saturation, every N steps.
+
+Scalars go to the loggers that take many keys (W&B); the layer x step matrix is kept for figures and saved
+to the run store. Norms are measured after backward and before the optimizer step (and before clipping).
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from framework.models import activation_modules, linear_layers
+
+
+class Diagnostics(pl.Callback):
+    def __init__(self, every_n_steps: int = 10, saturation_threshold: float = 0.05):
+        self.every = every_n_steps
+        self.threshold = saturation_threshold
+        self.rows: list[dict] = []          # long format: step, layer, grad_norm, weight_norm, saturation
+        self._capture = False
+        self._saturation: dict[int, float] = {}
+        self._hooks = []
+
+    def on_fit_start(self, trainer, pl_module):
+        self._layers = linear_layers(pl_module.net)
+        for i, (module, act) in enumerate(activation_modules(pl_module.net)):
+            self._hooks.append(module.register_forward_hook(self._saturation_hook(i, act)))
+
+    def _saturation_hook(self, index, act):
+        def hook(module, inputs, output):
+            if self._capture:
+                slope = act.slope(inputs[0].detach(), output.detach())
+                self._saturation[index] = float((slope < self.threshold * act.max_slope).float().mean())
+        return hook
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._capture = trainer.global_step % self.every == 0
+        self._saturation = {}
+
+    def on_after_backward(self, trainer, pl_module):
+        if not self._capture:
+            return
+        step = trainer.global_step
+        scalars = {}
+        for i, layer in enumerate(self._layers):
+            grad = layer.weight.grad
+            row = {"step": step, "layer": i,
+                   "grad_norm": float(grad.norm()) if grad is not None else float("nan"),
+                   "weight_norm": float(layer.weight.detach().norm()),
+                   "saturation": self._saturation.get(i, float("nan"))}
+            self.rows.append(row)
+            scalars[f"grad_norm/layer_{i:02d}"] = row["grad_norm"]
+            scalars[f"weight_norm/layer_{i:02d}"] = row["weight_norm"]
+            if i in self._saturation:
+                scalars[f"saturation/layer_{i:02d}"] = row["saturation"]
+        if self._saturation:
+            scalars["diag/saturation_mean"] = sum(self._saturation.values()) / len(self._saturation)
+        scalars["diag/grad_norm_first"] = self.rows[-len(self._layers)]["grad_norm"]
+        scalars["diag/grad_norm_last"] = self.rows[-1]["grad_norm"]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_metrics(scalars, step=step)
+        self._capture = False
+
+    def on_fit_end(self, trainer, pl_module):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []

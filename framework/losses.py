@@ -1,0 +1,35 @@
+"""Loss registry. Each loss takes the model's output and the batch targets (class indices or real values)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from framework.registry import Registry, UserError
+
+LOSSES: Registry[Callable[[int], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = Registry("loss")
+
+
+def _targets(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Class indices become one-hot rows for losses on real-valued outputs."""
+    return F.one_hot(y, out.shape[1]).to(out.dtype) if y.dtype == torch.long else y
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy(n_classes: int):
+    if n_classes == 0:
+        raise UserError("loss.name=cross_entropy needs a classification dataset; use loss.name=mse for regression")
+    return F.cross_entropy
+
+
+@LOSSES.register("mse")
+def mse(n_classes: int):
+    return lambda out, y: F.mse_loss(out, _targets(out, y))
+
+
+@LOSSES.register("bce")
+def bce(n_classes: int):
+    if n_classes == 0:
+        raise UserError("loss.name=bce needs a classification dataset; use loss.name=mse for regression")
+    return lambda out, y: F.binary_cross_entropy_with_logits(out, _targets(out, y))

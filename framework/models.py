@@ -1,0 +1,121 @@
+"""Model, activation and initialisation registries."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from framework.registry import Registry
+
+
+@dataclass(frozen=True)
+class Activation:
+    build: Callable[[], nn.Module]
+    # d(out)/d(in) from the module's input and output, and its maximum: saturation = slope far below the max.
+    slope: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    max_slope: float
+
+
+ACTIVATIONS: Registry[Activation] = Registry("activation")
+for _name, _act in {
+    "sigmoid": Activation(nn.Sigmoid, lambda x, y: y * (1 - y), 0.25),
+    "tanh": Activation(nn.Tanh, lambda x, y: 1 - y * y, 1.0),
+    "relu": Activation(nn.ReLU, lambda x, y: (x > 0).float(), 1.0),
+    "leaky_relu": Activation(nn.LeakyReLU, lambda x, y: torch.where(x > 0, 1.0, 0.01), 1.0),
+    "elu": Activation(nn.ELU, lambda x, y: torch.where(x > 0, torch.ones_like(y), y + 1), 1.0),
+    "identity": Activation(nn.Identity, lambda x, y: torch.ones_like(y), 1.0),
+}.items():
+    ACTIVATIONS.register(_name)(_act)
+
+
+INITS: Registry[Callable[[nn.Linear, object], None]] = Registry("init")
+
+
+@INITS.register("default")
+def _init_default(layer, cfg):  # PyTorch's own (Kaiming-uniform with a=sqrt(5))
+    pass
+
+
+@INITS.register("xavier")
+def _init_xavier(layer, cfg):
+    nn.init.xavier_normal_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+@INITS.register("he")
+def _init_he(layer, cfg):
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+
+
+@INITS.register("normal")
+def _init_normal(layer, cfg):
+    nn.init.normal_(layer.weight, std=cfg.init_std)
+    nn.init.zeros_(layer.bias)
+
+
+@INITS.register("constant")
+def _init_constant(layer, cfg):
+    nn.init.constant_(layer.weight, cfg.init_value)
+    nn.init.zeros_(layer.bias)
+
+
+class Block(nn.Module):
+    """Linear -> [batch norm] -> activation -> [dropout], with a skip connection when shapes allow."""
+
+    def __init__(self, n_in: int, n_out: int, activation: str, batch_norm: bool, dropout: float, residual: bool):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        self.norm = nn.BatchNorm1d(n_out) if batch_norm else nn.Identity()
+        self.activation = ACTIVATIONS.get(activation, "model.activation")
+        self.act = self.activation.build()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.residual = residual and n_in == n_out
+
+    def forward(self, x):
+        h = self.drop(self.act(self.norm(self.linear(x))))
+        return x + h if self.residual else h
+
+
+class MLP(nn.Module):
+    def __init__(self, n_in: int, n_out: int, depth: int, width: int, activation: str = "relu",
+                 residual: bool = False, batch_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        sizes = [n_in] + [width] * depth
+        self.blocks = nn.ModuleList(
+            Block(a, b, activation, batch_norm, dropout, residual) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.head = nn.Linear(sizes[-1], n_out)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+@MODELS.register("mlp")
+def build_mlp(cfg, n_in: int, n_out: int) -> nn.Module:
+    return MLP(n_in, n_out, cfg.depth, cfg.width, cfg.activation, cfg.residual, cfg.batch_norm, cfg.dropout)
+
+
+def build_model(cfg, n_in: int, n_out: int) -> nn.Module:
+    """cfg: ModelConfig. Builds the named model and applies the named initialisation to every linear layer."""
+    model = MODELS.get(cfg.name, "model.name")(cfg, n_in, n_out)
+    init = INITS.get(cfg.init, "model.init")
+    for layer in linear_layers(model):
+        init(layer, cfg)
+    return model
+
+
+def linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """Weight layers from input to output: the depth axis of the gradient-norm matrix."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def activation_modules(model: nn.Module) -> list[tuple[nn.Module, Activation]]:
+    return [(b.act, b.activation) for b in model.modules() if isinstance(b, Block)]

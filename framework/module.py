@@ -1,0 +1,91 @@
+"""build_module(cfg) -> LightningModule: the factory that turns a RunConfig into something a Trainer fits."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from framework.config import RunConfig
+from framework.losses import LOSSES
+from framework.models import build_model
+from framework.optim import OPTIMIZERS, effective_lr, lr_factor
+
+
+class ReproModule(pl.LightningModule):
+    def __init__(self, cfg: RunConfig, n_features: int, n_outputs: int, n_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.n_classes = n_classes
+        self.net = build_model(cfg.model, n_features, n_outputs)
+        self.loss_fn = LOSSES.get(cfg.loss.name, "loss.name")(n_classes)
+        self.train_loss = MeanMetric()
+        if n_classes:
+            self.train_acc = MulticlassAccuracy(n_classes, average="micro")
+            self.val_acc = MulticlassAccuracy(n_classes, average="micro")
+        self.diverged_step: int | None = None
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        loss = self.loss_fn(out, y)
+        if not torch.isfinite(loss):
+            # Record and stop; returning None skips this step's backward and update.
+            self.diverged_step = self.global_step
+            self.trainer.should_stop = True
+            return None
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        self.train_loss(loss)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        if self.n_classes:
+            self.train_acc(out, y)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        self.log("val/loss", self.loss_fn(out, y), on_epoch=True)
+        if self.n_classes:
+            self.val_acc(out, y)
+            self.log("val/acc", self.val_acc, on_epoch=True)
+
+    def configure_optimizers(self):
+        c = self.cfg
+        lr = effective_lr(c.optim, c.data.batch_size)
+        optimizer = OPTIMIZERS.get(c.optim.name, "optim.name")(self.parameters(), c.optim, lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, int(self.trainer.num_training_batches))  # known once the line above set up the data
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(c.schedule, total, per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+        """Loss and accuracy on a whole split, in eval mode (batch norm uses running statistics)."""
+        was_training = self.training
+        self.eval()
+        losses, correct, n = 0.0, 0, len(x)
+        for start in range(0, n, batch_size):
+            xb, yb = x[start:start + batch_size].to(self.device), y[start:start + batch_size].to(self.device)
+            out = self(xb)
+            losses += float(self.loss_fn(out, yb)) * len(xb)
+            if self.n_classes:
+                correct += int((out.argmax(1) == yb).sum())
+        self.train(was_training)
+        result = {"loss": losses / max(1, n)}
+        if self.n_classes:
+            result["acc"] = correct / max(1, n)
+            result["error"] = 1 - result["acc"]
+        return result
+
+
+def build_module(cfg: RunConfig, splits=None) -> ReproModule:
+    """The factory. `splits` is built from cfg.data when not given (it sets the input and output sizes)."""
+    if splits is None:
+        from framework.data import build_splits
+        splits = build_splits(cfg.data)
+    return ReproModule(cfg, splits.n_features, splits.n_outputs, splits.n_classes)

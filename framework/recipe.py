@@ -1,0 +1,222 @@
+"""Recipes: a phenomenon's grid (from configs/<name>.yaml), its claims and its figures, run as a suite.
+
+A recipe's YAML holds the base run config, the grid and the scales:
+
+    run:    {data: {...}, model: {...}, ...}        # nested or dotted keys of RunConfig
+    grid:   {model.depth: [2, 10, 50],               # a list sweeps one key
+             arch: {plain: {}, residual: {model.residual: true}}}   # a map names bundles of overrides
+    scales: {smoke: {run: {...}, grid: {...}}, cpu: {}}
+    default_scale: cpu
+
+The Python side (experiments/<name>.py) declares the claims, computed only from the runs' logged numbers.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from framework.config import RunConfig, apply, config_hash, flatten, parse_value, to_dict
+from framework.registry import UserError, suggest
+from framework.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(os.environ.get("REPRO_CONFIGS", ROOT / "configs"))
+
+
+@dataclass
+class Claim:
+    claim: str
+    source: str
+    criterion: str
+    measured: dict[str, Any]
+    reproduced: bool
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    axes: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return config_hash(self.cfg)
+
+
+class Recipe:
+    """Subclass per phenomenon: set the class attributes, implement claims() and figures()."""
+    name: str = ""
+    title: str = ""
+    papers: list[str] = []
+
+    def spec(self) -> dict:
+        path = CONFIG_DIR / f"{self.name}.yaml"
+        if not path.exists():
+            raise UserError(f"no config for experiment '{self.name}': expected {path}")
+        return yaml.safe_load(path.read_text()) or {}
+
+    def scales(self) -> list[str]:
+        return list((self.spec().get("scales") or {}).keys())
+
+    def default_scale(self) -> str:
+        return self.spec().get("default_scale", "cpu")
+
+    def runs(self, scale: str | None = None, overrides: list[str] | dict | None = None) -> list[Run]:
+        return expand(self.name, self.spec(), scale or self.default_scale(), overrides or [])
+
+    def claims(self, runs: pd.DataFrame, store: RunStore) -> list[Claim]:
+        raise NotImplementedError(f"recipe {self.name} declares no claims")
+
+    def figures(self, runs: pd.DataFrame, store: RunStore, outdir: Path) -> list[Path]:
+        return []
+
+
+def _axis_label(key: str, value: Any) -> str:
+    return f"{key.split('.')[-1]}={value}"
+
+
+def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict) -> list[Run]:
+    scales = spec.get("scales") or {}
+    if scale not in scales:
+        raise UserError(f"unknown scale '{scale}' for {name}{suggest(scale, scales)}; choices: {', '.join(scales)}")
+    scale_spec = scales[scale] or {}
+    base = {**flatten(spec.get("run") or {}), **flatten(scale_spec.get("run") or {})}
+    grid = {**(spec.get("grid") or {}), **(scale_spec.get("grid") or {})}
+    items = overrides.items() if isinstance(overrides, dict) else _split(overrides)
+    for key, value in items:
+        if key.startswith("grid."):           # grid.model.depth=[2,3] replaces an axis
+            axis = key[len("grid."):]
+            if axis not in grid:
+                raise UserError(f"unknown grid axis '{axis}'{suggest(axis, grid)}; axes: {', '.join(grid)}")
+            grid[axis] = value if isinstance(value, (list, dict)) else [value]
+        elif key in grid and not isinstance(grid[key], dict):
+            grid[key] = [value]                # pinning a swept key sweeps just that value
+        else:
+            base[key] = value
+    base_cfg = apply(RunConfig(), {**base, "experiment": name})
+
+    axes = []
+    for axis, values in grid.items():
+        if isinstance(values, dict):
+            axes.append([(axis, label, flatten(bundle or {})) for label, bundle in values.items()])
+        elif isinstance(values, list) and values:
+            axes.append([(axis, v, {axis: v}) for v in values])
+        else:
+            raise UserError(f"grid.{axis}: expected a non-empty list of values or a map of named overrides")
+    runs, seen = [], set()
+    for combo in itertools.product(*axes):
+        changes, labels, axis_values = {}, [], {}
+        for axis, value, bundle in combo:
+            changes.update(bundle)
+            axis_values[axis] = value
+            if axis != "seed":
+                labels.append(str(value) if isinstance(grid[axis], dict) else _axis_label(axis, value))
+        cfg = apply(base_cfg, {**changes, "variant": "_".join(labels) or "default"})
+        run = Run(cfg, axis_values)
+        if run.run_id not in seen:
+            seen.add(run.run_id)
+            runs.append(run)
+    return runs
+
+
+def _split(args: list[str]):
+    for arg in args:
+        if "=" not in arg:
+            raise UserError(f"override '{arg}' is not of the form key=value (e.g. model.depth=20)")
+        key, text = arg.split("=", 1)
+        yield key.strip(), parse_value(text)
+
+
+def runs_frame(runs: list[Run], store: RunStore) -> pd.DataFrame:
+    """One row per run: id, variant, grid axes, status, the flattened config and the run's summary.
+    frame.attrs["axes"] names the grid-axis columns."""
+    rows = []
+    for run in runs:
+        exp = run.cfg.experiment
+        summary = store.summary(exp, run.run_id)
+        rows.append({"run_id": run.run_id, "variant": run.cfg.variant, **run.axes,
+                     **{f"cfg.{k}": v for k, v in flatten(to_dict(run.cfg)).items() if not isinstance(v, list)},
+                     **summary, "status": store.status(exp, run.run_id)})
+    frame = pd.DataFrame(rows)
+    frame.attrs["axes"] = list(runs[0].axes) if runs else []
+    return frame
+
+
+def history(runs: pd.DataFrame, store: RunStore, experiment: str, name: str = "metrics.csv") -> pd.DataFrame:
+    """Per-step frames of the runs (metrics.csv or diagnostics.csv) joined with their grid axes."""
+    axis_cols = list(runs.attrs.get("axes", []))
+    frames = []
+    for _, row in runs.iterrows():
+        frame = store.read_frame(experiment, row["run_id"], name)
+        if not frame.empty:
+            for col in ["run_id", "variant", *axis_cols]:
+                frame[col] = row[col]
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, reports_dir: Path,
+              force: bool = False, console=None) -> dict:
+    """Train every run of the suite that is not finished, then evaluate the claims and draw the figures."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from framework.runner import train
+
+    scale = scale or recipe.default_scale()
+    runs = recipe.runs(scale, overrides)
+    started = time.time()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False, disable=console is None) as progress:
+        suite = progress.add_task(f"{recipe.name} [{scale}]", total=len(runs))
+        for run in runs:
+            train(run.cfg, store, scale=scale, force=force, progress=progress)
+            progress.advance(suite)
+    frame = runs_frame(runs, store)
+    claims = recipe.claims(frame, store)
+    outdir = reports_dir / recipe.name
+    outdir.mkdir(parents=True, exist_ok=True)
+    figures = recipe.figures(frame, store, outdir)
+    from framework.tracking import code_version
+    verdict = {
+        "experiment": recipe.name, "scale": scale, "claims": [asdict(c) for c in claims],
+        "runs": frame["status"].value_counts().to_dict(), "figures": [str(f.relative_to(outdir)) for f in figures],
+        "code": code_version(), "wall_s": round(time.time() - started, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (outdir / "verdict.json").write_text(json.dumps(verdict, indent=1, default=_jsonable))
+    frame.to_csv(outdir / "runs.csv", index=False)
+    return verdict
+
+
+def _jsonable(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def pick(runs: pd.DataFrame, **axes) -> pd.Series | None:
+    """The one run with these grid-axis values (None when the grid has no such run)."""
+    mask = pd.Series(True, index=runs.index)
+    for key, value in axes.items():
+        if key not in runs.columns:
+            return None
+        mask &= runs[key] == value
+    hits = runs[mask]
+    return hits.iloc[0] if len(hits) else None
+
+
+def loss_reduction(row: pd.Series | None) -> float:
+    """1 - final / initial training loss: 0 when the loss stalled, 1 when it reached zero, nan if unknown."""
+    if row is None or row.get("status") not in ("done", "diverged"):
+        return float("nan")
+    initial, final = row.get("initial_train_loss"), row.get("train_loss")
+    if not (pd.notna(initial) and pd.notna(final)) or initial <= 0:
+        return float("nan")
+    return float(1 - final / initial)

@@ -1,0 +1,147 @@
+"""Train one run: config in, a Lightning fit, metrics and status in the run store and W&B."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
+
+from framework.config import RunConfig, config_hash, dump_yaml
+from framework.data import TensorDataModule, build_splits
+from framework.diagnostics import Diagnostics
+from framework.module import build_module
+from framework.optim import effective_lr
+from framework.registry import UserError
+from framework.store import RunStore
+from framework.tracking import make_wandb_logger
+
+
+def quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|exists and is not empty|"
+                                              r"LeafSpec|Checkpoint directory|number of training batches|"
+                                              r"isinstance\(treespec, LeafSpec\)).*")
+
+
+class StepProgress(pl.Callback):
+    """Advances a rich progress task by training steps (the suite shows one bar per run)."""
+
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+
+    def on_train_start(self, trainer, pl_module):
+        self.progress.update(self.task, total=int(trainer.estimated_stepping_batches), completed=0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.progress.update(self.task, completed=trainer.global_step)
+
+
+def tidy_metrics(csv_path: Path) -> pd.DataFrame:
+    """Lightning's CSV has one row per logging call; merge them into one row per (epoch, step)."""
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return pd.DataFrame()
+    raw = pd.read_csv(csv_path)
+    return raw.groupby("step", as_index=False).first().sort_values("step")
+
+
+def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
+    """Median over logged steps of the first and last weight layer's gradient norm, and of saturation."""
+    if diag.empty:
+        return {}
+    by_layer = diag.groupby("layer")
+    grad = by_layer["grad_norm"].median()
+    first, last = float(grad.iloc[0]), float(grad.iloc[-1])
+    out = {"grad_norm_first": first, "grad_norm_last": last,
+           "grad_ratio_first_last": first / last if last > 0 else float("nan"),
+           "saturation_mean": float(diag["saturation"].mean(skipna=True)) if diag["saturation"].notna().any()
+           else float("nan")}
+    return out
+
+
+def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False, progress=None) -> dict:
+    """Runs cfg unless the store already holds it finished; returns its summary (with 'status')."""
+    run_id = config_hash(cfg)
+    exp = cfg.experiment
+    if not force and store.is_finished(exp, run_id):
+        return {**store.summary(exp, run_id), "skipped": True}
+
+    quiet_lightning()
+    run_dir = store.run_dir(exp, run_id)
+    store.write_text(exp, run_id, "config.yaml", dump_yaml(cfg))
+    store.set_status(exp, run_id, "running")
+    started = time.time()
+    wandb_logger = None
+    task = progress.add_task(f"  {cfg.variant}", total=None) if progress is not None else None
+    try:
+        pl.seed_everything(cfg.seed, workers=False, verbose=False)
+        splits = build_splits(cfg.data)
+        module = build_module(cfg, splits)
+        datamodule = TensorDataModule(splits, cfg.data.batch_size, cfg.seed)
+        diagnostics = Diagnostics(cfg.diagnostics.every_n_steps, cfg.diagnostics.saturation_threshold)
+        loggers = [CSVLogger(save_dir=str(run_dir), name="", version="lightning")]
+        wandb_logger = make_wandb_logger(cfg, run_id, run_dir, scale)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+        callbacks = [diagnostics] if cfg.diagnostics.enabled else []
+        if task is not None:
+            callbacks.append(StepProgress(progress, task))
+        t = cfg.trainer
+        trainer = pl.Trainer(
+            max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
+            num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+            gradient_clip_val=t.gradient_clip or None, check_val_every_n_epoch=t.val_every_n_epochs,
+            log_every_n_steps=t.log_every_n_steps, logger=loggers, callbacks=callbacks,
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+            num_sanity_val_steps=0, deterministic=True, default_root_dir=str(run_dir))
+        initial = module.evaluate(splits.x_train, splits.y_train)
+        trainer.fit(module, datamodule=datamodule)
+        if trainer.global_rank != 0:
+            return {"status": "done", "rank": trainer.global_rank}
+
+        final = {split: module.evaluate(x, y) for split, (x, y) in {
+            "train": (splits.x_train, splits.y_train), "val": (splits.x_val, splits.y_val),
+            "test": (splits.x_test, splits.y_test)}.items() if len(x)}
+        diverged = module.diverged_step is not None or not math.isfinite(final["train"]["loss"])
+        diag = pd.DataFrame(diagnostics.rows)
+        metrics = tidy_metrics(run_dir / "lightning" / "metrics.csv")
+        summary = {
+            "run_id": run_id, "experiment": exp, "variant": cfg.variant,
+            "status": "diverged" if diverged else "done",
+            "initial_train_loss": initial["loss"],
+            **{f"{split}_{k}": v for split, d in final.items() for k, v in d.items()},
+            "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+            "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
+            "n_train": len(splits.x_train), "wall_s": round(time.time() - started, 3),
+            **diagnostics_summary(diag),
+        }
+        store.write_frame(exp, run_id, "metrics.csv", metrics)
+        store.write_frame(exp, run_id, "diagnostics.csv", diag)
+        store.write_json(exp, run_id, "summary.json", summary)
+        if wandb_logger is not None:
+            wandb_logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
+        store.set_status(exp, run_id, summary["status"], diverged_step=module.diverged_step)
+        return summary
+    except UserError as e:
+        store.set_status(exp, run_id, "failed", error=str(e))
+        raise
+    except KeyboardInterrupt:
+        store.set_status(exp, run_id, "failed", error="interrupted")
+        raise
+    except Exception as e:  # a failed run is recorded and the suite goes on
+        store.set_status(exp, run_id, "failed", error=f"{type(e).__name__}: {e}",
+                         traceback=traceback.format_exc(limit=20))
+        return {"run_id": run_id, "experiment": exp, "variant": cfg.variant, "status": "failed",
+                "error": f"{type(e).__name__}: {e}"}
+    finally:
+        if wandb_logger is not None:
+            import wandb
+            wandb.finish()
+        if task is not None:
+            progress.remove_task(task)

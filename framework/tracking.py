@@ -1,0 +1,78 @@
+"""W&B tracking: online only when an API key and the network are both there, else offline; never waits."""
+from __future__ import annotations
+
+import functools
+import netrc
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from framework.config import RunConfig, to_dict
+
+WANDB_HOST = "api.wandb.ai"
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(WANDB_HOST) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _reachable(host: str = WANDB_HOST, port: int = 443, timeout: float = 1.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(cfg: RunConfig) -> str:
+    """'online', 'offline' or 'disabled'. WANDB_MODE in the environment wins over the config."""
+    env = os.environ.get("WANDB_MODE", "").lower()
+    mode = env if env in ("online", "offline", "disabled") else cfg.tracking.mode
+    if mode == "dryrun":
+        mode = "offline"
+    if mode == "auto":
+        mode = "online" if _has_api_key() and _reachable() else "offline"
+    return mode
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """The git SHA of the framework's checkout, with a dirty flag; empty outside a repository."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {"git_sha": sha, "git_dirty": str(bool(dirty)).lower()} if sha else {}
+
+
+def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = ""):
+    """A WandbLogger whose run id is the config hash, so a relaunch or requeue resumes the same W&B run."""
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
+        return None
+    os.environ.setdefault("WANDB_SILENT", "true")
+    from pytorch_lightning.loggers import WandbLogger
+    import wandb
+
+    tags = list(dict.fromkeys([cfg.experiment, *( [scale] if scale else []), *cfg.tracking.tags]))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    logger = WandbLogger(
+        project=cfg.tracking.project, entity=cfg.tracking.entity or None, group=cfg.experiment,
+        job_type=cfg.variant[:64], name=f"{cfg.variant}-{run_id}"[:128], tags=tags, id=run_id, resume="allow",
+        mode=mode, save_dir=str(save_dir), config={**to_dict(cfg), "run_id": run_id, "code": code_version()},
+        settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True, x_disable_meta=False),
+    )
+    # Lightning always passes `anonymous`, which wandb now only warns about.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
