@@ -93,5 +93,7 @@ def list_recipes():
         _fail(e)
 
 
-def main():  # pragma: no cover
+
+
+if __name__ == "__main__":
     app()

@@ -1,0 +1,79 @@
+"""Read an offline W&B run's `.wandb` file back: its config, history rows and summary.
+
+wandb 0.31 ships no Python reader for this file. It is LevelDB's log format (32 KiB blocks; each record a
+7-byte header: crc32 (4), length (2, little-endian), type (1): full, first, middle, last) behind a 7-byte
+W&B header, and each record is a wandb `Record` protobuf.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+BLOCK = 32 * 1024
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def _payloads(data: bytes):
+    pos, pending = 7, b""  # skip ":W&B" + magic (2) + version (1)
+    if data[:4] != b":W&B":
+        raise ValueError("not a W&B transaction log")
+    while pos + 7 <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < 7:  # the rest of a block too short for a header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            yield pending + chunk
+            pending = b""
+        elif kind == 0 and length == 0:
+            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
+        else:
+            break
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def read_run(path: str | Path) -> dict:
+    """path: an offline-run folder or its .wandb file. Returns {'id', 'config', 'history', 'summary'}."""
+    path = Path(path)
+    if path.is_dir():
+        path = next(path.glob("*.wandb"))
+    out = {"id": None, "config": {}, "history": [], "summary": {}}
+    for payload in _payloads(path.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["id"] = record.run.run_id
+            for item in record.run.config.update:
+                out["config"][_key(item)] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in record.config.update:
+                out["config"][_key(item)] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history"].append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            for item in record.summary.update:
+                out["summary"][_key(item)] = json.loads(item.value_json)
+    # wandb nests each config value as {"value": v}
+    out["config"] = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in out["config"].items()}
+    return out
+
+
+def offline_runs(run_dir: str | Path) -> list[Path]:
+    """The offline W&B run folders under a run-store folder, oldest first."""
+    return sorted(Path(run_dir).glob("wandb/offline-run-*"))
