@@ -31,11 +31,14 @@ class DataConfig:
     n_train: int = 0                # >0: keep only this many training samples
     split_seed: int = 0             # the split is fixed across run seeds
     batch_size: int = 64
+    label_noise: float = 0.0        # fraction of training labels replaced by a uniformly random class
+    corruption: str = "none"        # registry: framework.data.CORRUPTIONS (shuffled_pixels, random_pixels, gaussian)
+    positive_fraction: float = 0.7  # wilson: P(y = +1)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"               # registry: framework.models.MODELS
+    name: str = "mlp"               # registry: framework.models.MODELS (mlp, linear)
     depth: int = 2                  # hidden layers
     width: int = 64
     activation: str = "relu"        # registry: framework.models.ACTIVATIONS
@@ -86,6 +89,8 @@ class TrainerConfig:
     gradient_clip: float = 0.0
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
+    deterministic: bool = True
+    stop_at_train_acc: float = 0.0  # >0: stop once an epoch's training accuracy reaches this (time to fit)
 
 
 @dataclass
@@ -124,6 +129,7 @@ NOT_IN_IDENTITY = ("variant", "tracking.")
 # Fields whose value must be a registered name; checked at load time, never deep inside a job.
 REGISTRY_FIELDS = {
     "data.name": ("framework.data", "DATASETS"),
+    "data.corruption": ("framework.data", "CORRUPTIONS"),
     "model.name": ("framework.models", "MODELS"),
     "model.activation": ("framework.models", "ACTIVATIONS"),
     "model.init": ("framework.models", "INITS"),
@@ -276,6 +282,8 @@ def validate(cfg: RunConfig) -> None:
         ("data.batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
         ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "must be in [0, 1)"),
         ("data.test_fraction", 0.0 < cfg.data.test_fraction < 1.0, "must be in (0, 1)"),
+        ("data.label_noise", 0.0 <= cfg.data.label_noise <= 1.0, "must be in [0, 1]"),
+        ("data.positive_fraction", 0.0 < cfg.data.positive_fraction < 1.0, "must be in (0, 1)"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("trainer.max_epochs", cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0, "must be >= 1 (or set trainer.max_steps)"),
         ("diagnostics.every_n_steps", cfg.diagnostics.every_n_steps >= 1, "must be >= 1"),

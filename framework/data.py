@@ -24,6 +24,7 @@ class Dataset:
     y: torch.Tensor          # long class indices, or float (N, k) targets for regression
     n_classes: int           # 0 for regression
     standardise: bool = True
+    signed: bool = False     # targets are +-1 for a scalar output; error = sign mismatch
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Splits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    signed: bool = False
 
     @property
     def n_features(self) -> int:
@@ -79,18 +81,74 @@ def digits(cfg, rng) -> Dataset:
     return Dataset(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()), 10)
 
 
+@DATASETS.register("wilson")
+def wilson(cfg, rng) -> Dataset:
+    """Wilson et al. 2017, Sec. 3.3: y = +1 with probability p, else -1; x[0] = y, x[1] = x[2] = 1, and in the
+    block of 5 features owned by sample i: x[3+5i] = 1, plus x[3+5i+1 .. 3+5i+4] = 1 when y = -1."""
+    n = cfg.n_samples
+    y = np.where(rng.uniform(size=n) < cfg.positive_fraction, 1.0, -1.0)
+    x = np.zeros((n, 3 + 5 * n), dtype=np.float32)
+    x[:, 0], x[:, 1], x[:, 2] = y, 1.0, 1.0
+    rows = np.arange(n)
+    x[rows, 3 + 5 * rows] = 1.0
+    for k in range(1, 5):
+        x[rows, 3 + 5 * rows + k] = (y < 0).astype(np.float32)
+    return Dataset(torch.from_numpy(x), torch.tensor(y[:, None], dtype=torch.float32), 0, standardise=False,
+                   signed=True)
+
+
+# Input corruptions of Zhang et al. 2017, Sec. 2, applied to every split before standardisation.
+CORRUPTIONS: Registry[Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = Registry("corruption")
+CORRUPTIONS.register("none")(lambda x, rng: x)
+
+
+@CORRUPTIONS.register("shuffled_pixels")
+def shuffled_pixels(x, rng):
+    """One random permutation of the pixels, the same for every image."""
+    return x[:, torch.from_numpy(rng.permutation(x.shape[1]))]
+
+
+@CORRUPTIONS.register("random_pixels")
+def random_pixels(x, rng):
+    """A different random permutation for each image."""
+    perms = torch.from_numpy(np.argsort(rng.uniform(size=x.shape), axis=1))
+    return torch.gather(x, 1, perms)
+
+
+@CORRUPTIONS.register("gaussian")
+def gaussian_pixels(x, rng):
+    """Gaussian noise with the dataset's mean and variance in place of the images."""
+    noise = rng.standard_normal(size=tuple(x.shape)).astype(np.float32)
+    return torch.from_numpy(noise) * x.std() + x.mean()
+
+
+def corrupt_labels(y: torch.Tensor, fraction: float, n_classes: int, rng) -> torch.Tensor:
+    """Each label is replaced with probability `fraction` by a uniformly random class (it may stay the same)."""
+    hit = torch.from_numpy(rng.uniform(size=len(y)) < fraction)
+    random = torch.from_numpy(rng.integers(0, n_classes, size=len(y)))
+    return torch.where(hit, random, y)
+
+
 def build_splits(cfg) -> Splits:
-    """cfg: DataConfig. The split depends on data.split_seed only, never on the run's seed."""
-    rng = np.random.default_rng(cfg.split_seed)
+    """cfg: DataConfig. The split depends on data.split_seed only, never on the run's seed; corruptions and
+    label noise draw from their own streams, so every condition of a sweep shares one split."""
+    from framework.registry import UserError
+    rng = np.random.default_rng([cfg.split_seed, 0])
     ds = DATASETS.get(cfg.name, "data.name")(cfg, rng)
+    ds.x = CORRUPTIONS.get(cfg.corruption, "data.corruption")(ds.x.flatten(1), np.random.default_rng(
+        [cfg.split_seed, 2])).reshape(ds.x.shape)
     n = len(ds.x)
-    order = torch.from_numpy(rng.permutation(n))
+    order = torch.from_numpy(np.random.default_rng([cfg.split_seed, 1]).permutation(n))
     n_test = int(round(cfg.test_fraction * n))
     n_val = int(round(cfg.val_fraction * n))
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     if cfg.n_train > 0:
         train = train[:cfg.n_train]
-    x_train = ds.x[train]
+    x_train, y_train = ds.x[train], ds.y[train]
+    if cfg.label_noise > 0:
+        if not ds.n_classes:
+            raise UserError(f"data.label_noise needs a classification dataset; {cfg.name} has real-valued targets")
+        y_train = corrupt_labels(y_train, cfg.label_noise, ds.n_classes, np.random.default_rng([cfg.split_seed, 3]))
     if ds.standardise:
         # Statistics of the training split; constant features (digits' always-blank border) are left unscaled.
         mean, std = x_train.mean(0), x_train.std(0)
@@ -98,7 +156,8 @@ def build_splits(cfg) -> Splits:
         norm = lambda t: (t - mean) / std  # noqa: E731
     else:
         norm = lambda t: t  # noqa: E731
-    return Splits(norm(x_train), ds.y[train], norm(ds.x[val]), ds.y[val], norm(ds.x[test]), ds.y[test], ds.n_classes)
+    return Splits(norm(x_train), y_train, norm(ds.x[val]), ds.y[val], norm(ds.x[test]), ds.y[test], ds.n_classes,
+                  ds.signed)
 
 
 class TensorBatches:

@@ -33,6 +33,11 @@ for _name, _act in {
 INITS: Registry[Callable[[nn.Linear, object], None]] = Registry("init")
 
 
+def _zero_bias(layer):
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 @INITS.register("default")
 def _init_default(layer, cfg):  # PyTorch's own (Kaiming-uniform with a=sqrt(5))
     pass
@@ -41,25 +46,25 @@ def _init_default(layer, cfg):  # PyTorch's own (Kaiming-uniform with a=sqrt(5))
 @INITS.register("xavier")
 def _init_xavier(layer, cfg):
     nn.init.xavier_normal_(layer.weight)
-    nn.init.zeros_(layer.bias)
+    _zero_bias(layer)
 
 
 @INITS.register("he")
 def _init_he(layer, cfg):
     nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    nn.init.zeros_(layer.bias)
+    _zero_bias(layer)
 
 
 @INITS.register("normal")
 def _init_normal(layer, cfg):
     nn.init.normal_(layer.weight, std=cfg.init_std)
-    nn.init.zeros_(layer.bias)
+    _zero_bias(layer)
 
 
 @INITS.register("constant")
 def _init_constant(layer, cfg):
     nn.init.constant_(layer.weight, cfg.init_value)
-    nn.init.zeros_(layer.bias)
+    _zero_bias(layer)
 
 
 class Block(nn.Module):
@@ -101,6 +106,12 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 @MODELS.register("mlp")
 def build_mlp(cfg, n_in: int, n_out: int) -> nn.Module:
     return MLP(n_in, n_out, cfg.depth, cfg.width, cfg.activation, cfg.residual, cfg.batch_norm, cfg.dropout)
+
+
+@MODELS.register("linear")
+def build_linear(cfg, n_in: int, n_out: int) -> nn.Module:
+    """A linear model without bias (Wilson et al. 2017's setting): w . x."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, n_out, bias=False))
 
 
 def build_model(cfg, n_in: int, n_out: int) -> nn.Module:

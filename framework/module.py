@@ -13,10 +13,11 @@ from framework.optim import OPTIMIZERS, effective_lr, lr_factor
 
 
 class ReproModule(pl.LightningModule):
-    def __init__(self, cfg: RunConfig, n_features: int, n_outputs: int, n_classes: int):
+    def __init__(self, cfg: RunConfig, n_features: int, n_outputs: int, n_classes: int, signed: bool = False):
         super().__init__()
         self.cfg = cfg
         self.n_classes = n_classes
+        self.signed = signed
         self.net = build_model(cfg.model, n_features, n_outputs)
         self.loss_fn = LOSSES.get(cfg.loss.name, "loss.name")(n_classes)
         self.train_loss = MeanMetric()
@@ -75,9 +76,11 @@ class ReproModule(pl.LightningModule):
             losses += float(self.loss_fn(out, yb)) * len(xb)
             if self.n_classes:
                 correct += int((out.argmax(1) == yb).sum())
+            elif self.signed:
+                correct += int((torch.sign(out) == yb).sum())
         self.train(was_training)
         result = {"loss": losses / max(1, n)}
-        if self.n_classes:
+        if self.n_classes or self.signed:
             result["acc"] = correct / max(1, n)
             result["error"] = 1 - result["acc"]
         return result
@@ -88,4 +91,4 @@ def build_module(cfg: RunConfig, splits=None) -> ReproModule:
     if splits is None:
         from framework.data import build_splits
         splits = build_splits(cfg.data)
-    return ReproModule(cfg, splits.n_features, splits.n_outputs, splits.n_classes)
+    return ReproModule(cfg, splits.n_features, splits.n_outputs, splits.n_classes, splits.signed)

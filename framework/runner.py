@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger
 
 from framework.config import RunConfig, config_hash, dump_yaml
@@ -51,6 +52,14 @@ def tidy_metrics(csv_path: Path) -> pd.DataFrame:
     return raw.groupby("step", as_index=False).first().sort_values("step")
 
 
+def fit_step(metrics: pd.DataFrame, threshold: float) -> int | None:
+    """The first step at whose epoch end the training accuracy had reached `threshold` (None: never, or off)."""
+    if threshold <= 0 or metrics.empty or "train/acc" not in metrics:
+        return None
+    hits = metrics.loc[metrics["train/acc"] >= threshold, "step"]
+    return int(hits.iloc[0]) + 1 if len(hits) else None
+
+
 def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
     """Median over logged steps of the first and last weight layer's gradient norm, and of saturation."""
     if diag.empty:
@@ -90,6 +99,10 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         if wandb_logger is not None:
             loggers.append(wandb_logger)
         callbacks = [diagnostics] if cfg.diagnostics.enabled else []
+        if cfg.trainer.stop_at_train_acc > 0:
+            callbacks.append(EarlyStopping(monitor="train/acc", mode="max", patience=10**9, check_finite=False,
+                                           stopping_threshold=cfg.trainer.stop_at_train_acc - 1e-6,  # its test is strict
+                                           check_on_train_epoch_end=True))
         if task is not None:
             callbacks.append(StepProgress(progress, task))
         t = cfg.trainer
@@ -99,7 +112,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
             gradient_clip_val=t.gradient_clip or None, check_val_every_n_epoch=t.val_every_n_epochs,
             log_every_n_steps=t.log_every_n_steps, logger=loggers, callbacks=callbacks,
             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-            num_sanity_val_steps=0, deterministic=True, default_root_dir=str(run_dir))
+            num_sanity_val_steps=0, deterministic=t.deterministic, default_root_dir=str(run_dir))
         initial = module.evaluate(splits.x_train, splits.y_train)
         trainer.fit(module, datamodule=datamodule)
         if trainer.global_rank != 0:
@@ -119,6 +132,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
             "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
             "n_train": len(splits.x_train), "wall_s": round(time.time() - started, 3),
+            "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
             **diagnostics_summary(diag),
         }
         store.write_frame(exp, run_id, "metrics.csv", metrics)
