@@ -38,14 +38,24 @@ class ReproModule(pl.LightningModule):
             self.diverged_step = self.global_step
             self.trainer.should_stop = True
             return None
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
-        self.train_loss(loss)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        # Lightning writes step metrics every log_every_n_steps steps; calling self.log on the other steps costs
+        # about a millisecond each and is thrown away, so log only on the steps that are written.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss, on_step=True, on_epoch=False)
+            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.train_loss.update(loss.detach())
         if self.n_classes:
-            self.train_acc(out, y)
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.train_acc.update(out.detach(), y)
         return loss
+
+    def on_train_epoch_end(self):
+        if self.train_loss.update_count:
+            self.log("train/loss_epoch", self.train_loss.compute())
+            if self.n_classes:
+                self.log("train/acc", self.train_acc.compute())
+        self.train_loss.reset()
+        if self.n_classes:
+            self.train_acc.reset()
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
