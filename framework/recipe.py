@@ -88,42 +88,59 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict) -> li
         raise UserError(f"unknown scale '{scale}' for {name}{suggest(scale, scales)}; choices: {', '.join(scales)}")
     scale_spec = scales[scale] or {}
     base = {**flatten(spec.get("run") or {}), **flatten(scale_spec.get("run") or {})}
-    grid = {**(spec.get("grid") or {}), **(scale_spec.get("grid") or {})}
+    grids = _grids(spec.get("grid") or {}, scale_spec.get("grid"))
     items = overrides.items() if isinstance(overrides, dict) else _split(overrides)
     for key, value in items:
         if key.startswith("grid."):           # grid.model.depth=[2,3] replaces an axis
             axis = key[len("grid."):]
-            if axis not in grid:
-                raise UserError(f"unknown grid axis '{axis}'{suggest(axis, grid)}; axes: {', '.join(grid)}")
-            grid[axis] = value if isinstance(value, (list, dict)) else [value]
-        elif key in grid and not isinstance(grid[key], dict):
-            grid[key] = [value]                # pinning a swept key sweeps just that value
+            owners = [g for g in grids if axis in g]
+            if not owners:
+                known = sorted({a for g in grids for a in g})
+                raise UserError(f"unknown grid axis '{axis}'{suggest(axis, known)}; axes: {', '.join(known)}")
+            for g in owners:
+                g[axis] = value if isinstance(value, (list, dict)) else [value]
+        elif any(key in g and not isinstance(g[key], dict) for g in grids):
+            for g in grids:                    # pinning a swept key sweeps just that value
+                if key in g:
+                    g[key] = [value]
         else:
             base[key] = value
     base_cfg = apply(RunConfig(), {**base, "experiment": name})
 
-    axes = []
-    for axis, values in grid.items():
-        if isinstance(values, dict):
-            axes.append([(axis, label, flatten(bundle or {})) for label, bundle in values.items()])
-        elif isinstance(values, list) and values:
-            axes.append([(axis, v, {axis: v}) for v in values])
-        else:
-            raise UserError(f"grid.{axis}: expected a non-empty list of values or a map of named overrides")
+    combos = []
+    for grid in grids:
+        axes = []
+        for axis, values in grid.items():
+            if isinstance(values, dict):
+                axes.append([(axis, label, flatten(bundle or {}), True) for label, bundle in values.items()])
+            elif isinstance(values, list) and values:
+                axes.append([(axis, v, {axis: v}, False) for v in values])
+            else:
+                raise UserError(f"grid.{axis}: expected a non-empty list of values or a map of named overrides")
+        combos += list(itertools.product(*axes))
     runs, seen = [], set()
-    for combo in itertools.product(*axes):
+    for combo in combos:
         changes, labels, axis_values = {}, [], {}
-        for axis, value, bundle in combo:
+        for axis, value, bundle, named in combo:
             changes.update(bundle)
             axis_values[axis] = value
             if axis != "seed":
-                labels.append(str(value) if isinstance(grid[axis], dict) else _axis_label(axis, value))
+                labels.append(str(value) if named else _axis_label(axis, value))
         cfg = apply(base_cfg, {**changes, "variant": "_".join(labels) or "default"})
         run = Run(cfg, axis_values)
         if run.run_id not in seen:
             seen.add(run.run_id)
             runs.append(run)
     return runs
+
+
+def _grids(grid, scale_grid) -> list[dict]:
+    """A grid is a map of axes, or a list of such maps whose runs are joined (sub-grids with their own axes).
+    A scale's grid replaces a list grid whole, and a map grid axis by axis."""
+    if isinstance(grid, list) or isinstance(scale_grid, list):
+        chosen = scale_grid if scale_grid is not None else grid
+        return [dict(g) for g in (chosen if isinstance(chosen, list) else [chosen])]
+    return [{**grid, **(scale_grid or {})}]
 
 
 def _split(args: list[str]):
@@ -145,7 +162,7 @@ def runs_frame(runs: list[Run], store: RunStore) -> pd.DataFrame:
                      **{f"cfg.{k}": v for k, v in flatten(to_dict(run.cfg)).items() if not isinstance(v, list)},
                      **summary, "status": store.status(exp, run.run_id)})
     frame = pd.DataFrame(rows)
-    frame.attrs["axes"] = list(runs[0].axes) if runs else []
+    frame.attrs["axes"] = list(dict.fromkeys(a for run in runs for a in run.axes))
     return frame
 
 
@@ -220,3 +237,16 @@ def loss_reduction(row: pd.Series | None) -> float:
     if not (pd.notna(initial) and pd.notna(final)) or initial <= 0:
         return float("nan")
     return float(1 - final / initial)
+
+
+def row_config(row: pd.Series) -> RunConfig:
+    """The RunConfig of a runs-frame row (from its cfg.* columns)."""
+    return apply(RunConfig(), {k[len("cfg."):]: v.item() if hasattr(v, "item") else v for k, v in row.items()
+                               if isinstance(k, str) and k.startswith("cfg.") and not _missing(v)})
+
+
+def _missing(v) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
