@@ -146,10 +146,16 @@ class LrScaling(Recipe):
             hit = ep[ep["train/loss_epoch"] <= TARGET_LOSS].groupby("run_id")["step"].min() + 1
             steps = sweep.set_index("run_id").join(hit.rename("steps_to_target"), how="inner")
             fastest = steps.groupby("data.batch_size")["steps_to_target"].min()
+        else:
+            fastest = pd.Series(dtype=float)
+        if len(fastest):
             axes[1].plot(fastest.index, fastest.values, "o-", label="fastest LR")
             axes[1].plot(fastest.index, fastest.iloc[0] * fastest.index[0] / fastest.index, "k--", lw=0.8,
                          label="perfect scaling (1/B)")
             axes[1].legend(fontsize=7)
+        else:
+            axes[1].text(0.5, 0.5, f"no run reached training loss {TARGET_LOSS}", ha="center",
+                         transform=axes[1].transAxes)
         axes[1].set(xscale="log", yscale="log", xlabel="batch size (samples)",
                     ylabel=f"steps to training loss {TARGET_LOSS}", title="Steps to target vs batch size")
 

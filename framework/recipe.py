@@ -39,6 +39,9 @@ class Claim:
     measured: dict[str, Any]
     reproduced: bool
 
+    def __post_init__(self):
+        self.reproduced = bool(self.reproduced)  # numpy comparisons give np.bool_, which JSON does not take
+
 
 @dataclass
 class Run:
@@ -198,12 +201,17 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     claims = recipe.claims(frame, store)
     outdir = reports_dir / recipe.name
     outdir.mkdir(parents=True, exist_ok=True)
-    figures = recipe.figures(frame, store, outdir)
+    try:
+        figures, figure_error = recipe.figures(frame, store, outdir), None
+    except Exception as e:  # a broken figure must not cost the verdict of runs already trained
+        figures, figure_error = [], f"{type(e).__name__}: {e}"
+        if console is not None:
+            console.print(f"[red]figures of {recipe.name} failed:[/] {figure_error}")
     from framework.tracking import code_version
     verdict = {
         "experiment": recipe.name, "scale": scale, "claims": [asdict(c) for c in claims],
         "runs": frame["status"].value_counts().to_dict(), "figures": [str(f.relative_to(outdir)) for f in figures],
-        "code": code_version(), "wall_s": round(time.time() - started, 1),
+        "figure_error": figure_error, "code": code_version(), "wall_s": round(time.time() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (outdir / "verdict.json").write_text(json.dumps(verdict, indent=1, default=_jsonable))

@@ -52,7 +52,7 @@ def test_schedules(schedule, tiny, store):
 
 @pytest.mark.parametrize("dataset", DATASETS.names())
 def test_datasets(dataset, tiny, store):
-    loss = "mse" if dataset == "regression1d" else "cross_entropy"
+    loss = "mse" if dataset in ("regression1d", "wilson") else "cross_entropy"
     cfg = tiny(data__name=dataset, loss__name=loss)
     splits = build_splits(cfg.data)
     assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == (1797 if dataset == "digits" else 240)
