@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from framework.registry import UserError
@@ -42,7 +43,8 @@ def print_verdicts(verdicts: list[dict]) -> None:
         for c in v["claims"]:
             measured = ", ".join(f"{k}={_fmt(x)}" for k, x in c["measured"].items())
             mark = "[green]reproduced[/]" if c["reproduced"] else "[red]not reproduced[/]"
-            table.add_row(f"{v['experiment']} [{v['scale']}]", c["claim"], measured, c["criterion"], mark)
+            table.add_row(escape(f"{v['experiment']} [{v['scale']}]"), escape(c["claim"]), escape(measured),
+                          escape(c["criterion"]), mark)
     console.print(table)
 
 
@@ -73,6 +75,62 @@ def run(
         print_verdicts(verdicts)
     except UserError as e:
         _fail(e)
+
+
+@app.command()
+def submit(
+    experiment: str = typer.Argument(..., help="a recipe name (see `repro list`)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as for `repro run`"),
+    scale: Optional[str] = typer.Option(None, help="the recipe's scale (default: its default scale)"),
+    profile: str = typer.Option("local", help="a cluster profile from slurm/profiles.yaml"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the sbatch script and submit nothing"),
+    runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
+):
+    """Submit the suite's unfinished runs as one SLURM job array; prints the job id and returns."""
+    from framework.cluster import submit as submit_suite
+    from framework.store import RunStore
+    try:
+        recipes = _recipes()
+        recipe = recipes.get(experiment, "experiment")()
+        result = submit_suite(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir), profile,
+                              dry_run)
+    except UserError as e:
+        _fail(e)
+    if "script" in result:
+        typer.echo(result["script"])  # raw: a wrapped line would break the script
+    elif result["job_id"] is None:
+        console.print(result["message"])
+    else:
+        console.print(f"submitted job {result['job_id']}: {result['runs']} runs in {result['tasks']} array tasks; "
+                      f"logs in {result['logs']}")
+
+
+@app.command()
+def status(
+    experiment: str = typer.Argument(..., help="a recipe name"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as for `repro run`"),
+    scale: Optional[str] = typer.Option(None, help="the recipe's scale (default: its default scale)"),
+    runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
+):
+    """Run counts by status from the run store, and the suite's jobs in squeue when SLURM is there."""
+    from framework.cluster import status as suite_status
+    from framework.store import RunStore
+    try:
+        recipe = _recipes().get(experiment, "experiment")()
+        s = suite_status(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir))
+    except UserError as e:
+        _fail(e)
+    console.print(escape(f"{s['experiment']} [{s['scale']}]: {s['runs']} runs: ")
+                  + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
+    for job in s["queue"]:
+        console.print(f"  job {job['job']}: {job['state']} {job['time']} {job['reason']}")
+
+
+@app.command(hidden=True)
+def worker(manifest: Path = typer.Argument(...), task: int = typer.Option(..., help="array task index")):
+    """Train one array task's runs (called by the sbatch script)."""
+    from framework.cluster import work
+    raise typer.Exit(work(manifest, task))
 
 
 @app.command("list")

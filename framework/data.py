@@ -166,6 +166,8 @@ class TensorBatches:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False, seed: int = 0):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.epoch = 0
+        self.skip_batches = 0  # set once by a resume mid-epoch: those batches were trained before the stop
+        self.batches_done = 0  # set by the preemption callback right before it saves a checkpoint
         self.sampler = self
         self.batch_sampler = None  # Lightning probes both; only `sampler` carries set_epoch
 
@@ -175,6 +177,17 @@ class TensorBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
+    # Lightning's resumable-loader interface: it saves this in checkpoints and restores it before iterating.
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning creates the resumed epoch's iterator before it calls set_epoch: take the epoch from here too
+        epoch, done = int(state.get("epoch", self.epoch)), int(state.get("batches_done", 0))
+        if done >= len(self):  # saved after the epoch's last batch: Lightning goes on with the next epoch
+            epoch, done = epoch + 1, 0
+        self.epoch, self.skip_batches = epoch, done
+
     def __iter__(self):
         n = len(self.x)
         if self.shuffle:
@@ -183,7 +196,8 @@ class TensorBatches:
         else:
             order = torch.arange(n)
         rank, world = _rank_and_world()
-        for start in range(0, n, self.batch_size):
+        first, self.skip_batches = self.skip_batches * self.batch_size, 0
+        for start in range(first, n, self.batch_size):
             idx = order[start:start + self.batch_size][rank::world]
             yield self.x[idx], self.y[idx]
 

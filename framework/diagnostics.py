@@ -62,6 +62,13 @@ class Diagnostics(pl.Callback):
                 logger.log_metrics(scalars, step=step)
         self._capture = False
 
+    # rows travel in checkpoints, so a resumed run keeps the matrix measured before it stopped
+    def state_dict(self):
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state):
+        self.rows = list(state.get("rows", []))
+
     def on_fit_end(self, trainer, pl_module):
         for h in self._hooks:
             h.remove()

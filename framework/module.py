@@ -1,6 +1,8 @@
 """build_module(cfg) -> LightningModule: the factory that turns a RunConfig into something a Trainer fits."""
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 from torchmetrics import MeanMetric
@@ -13,8 +15,10 @@ from framework.optim import OPTIMIZERS, effective_lr, lr_factor
 
 
 class ReproModule(pl.LightningModule):
-    def __init__(self, cfg: RunConfig, n_features: int, n_outputs: int, n_classes: int, signed: bool = False):
+    def __init__(self, cfg: RunConfig, n_features: int, n_outputs: int, n_classes: int, signed: bool = False,
+                 steps_per_epoch: int = 1):
         super().__init__()
+        self.steps_per_epoch = steps_per_epoch
         self.cfg = cfg
         self.n_classes = n_classes
         self.signed = signed
@@ -69,8 +73,10 @@ class ReproModule(pl.LightningModule):
         c = self.cfg
         lr = effective_lr(c.optim, c.data.batch_size)
         optimizer = OPTIMIZERS.get(c.optim.name, "optim.name")(self.parameters(), c.optim, lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, int(self.trainer.num_training_batches))  # known once the line above set up the data
+        # Counted here, not with trainer.estimated_stepping_batches: that sets up the training data before a
+        # checkpoint is restored, and the resumed loader would then never get its saved position back.
+        per_epoch = self.steps_per_epoch
+        total = c.trainer.max_steps if c.trainer.max_steps > 0 else per_epoch * c.trainer.max_epochs
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(c.schedule, total, per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -101,4 +107,5 @@ def build_module(cfg: RunConfig, splits=None) -> ReproModule:
     if splits is None:
         from framework.data import build_splits
         splits = build_splits(cfg.data)
-    return ReproModule(cfg, splits.n_features, splits.n_outputs, splits.n_classes, splits.signed)
+    steps_per_epoch = max(1, math.ceil(len(splits.x_train) / cfg.data.batch_size))
+    return ReproModule(cfg, splits.n_features, splits.n_outputs, splits.n_classes, splits.signed, steps_per_epoch)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import traceback
 import warnings
@@ -12,12 +13,14 @@ import pandas as pd
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from framework.config import RunConfig, config_hash, dump_yaml
 from framework.data import TensorDataModule, build_splits
 from framework.diagnostics import Diagnostics
 from framework.module import build_module
 from framework.optim import effective_lr
+from framework.preemption import Preempted, Preemption
 from framework.registry import UserError
 from framework.store import RunStore
 from framework.tracking import make_wandb_logger
@@ -44,12 +47,34 @@ class StepProgress(pl.Callback):
         self.progress.update(self.task, completed=trainer.global_step)
 
 
-def tidy_metrics(csv_path: Path) -> pd.DataFrame:
-    """Lightning's CSV has one row per logging call; merge them into one row per (epoch, step)."""
-    if not csv_path.exists() or csv_path.stat().st_size == 0:
+def tidy_metrics(csv_dir: Path) -> pd.DataFrame:
+    """Lightning's CSV has one row per logging call, and one file per attempt (a resumed run starts a new one):
+    merge them into one row per step, a later attempt's rows replacing an earlier one's."""
+    parts = sorted(csv_dir.glob("metrics.part-*.csv"), key=lambda p: int(p.stem.split("-")[-1]))
+    parts += [csv_dir / "metrics.csv"]
+    frames = [pd.read_csv(p).assign(_part=i) for i, p in enumerate(parts) if p.exists() and p.stat().st_size]
+    if not frames:
         return pd.DataFrame()
-    raw = pd.read_csv(csv_path)
-    return raw.groupby("step", as_index=False).first().sort_values("step")
+    raw = pd.concat(frames, ignore_index=True)
+    merged = raw.groupby(["step", "_part"], as_index=False).first()
+    return merged.groupby("step", as_index=False).last().drop(columns="_part").sort_values("step")
+
+
+def is_lead_process() -> bool:
+    """Rank 0 of a distributed run (srun tasks, torchrun, or Lightning's own launcher), or a single process."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0")) == 0
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _keep_previous_attempt(csv_dir: Path) -> None:
+    """CSVLogger deletes metrics.csv when it starts; a resumed run's earlier metrics are kept as a part."""
+    current = csv_dir / "metrics.csv"
+    if current.exists():
+        n = len(list(csv_dir.glob("metrics.part-*.csv")))
+        os.replace(current, csv_dir / f"metrics.part-{n}.csv")
 
 
 def fit_step(metrics: pd.DataFrame, threshold: float) -> int | None:
@@ -74,8 +99,10 @@ def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False, progress=None) -> dict:
-    """Runs cfg unless the store already holds it finished; returns its summary (with 'status')."""
+def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False, progress=None,
+          callbacks: tuple = ()) -> dict:
+    """Runs cfg unless the store already holds it finished; returns its summary (with 'status').
+    `callbacks`: extra Lightning callbacks for this run (they do not change its identity)."""
     run_id = config_hash(cfg)
     exp = cfg.experiment
     if not force and store.is_finished(exp, run_id):
@@ -83,8 +110,12 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
 
     quiet_lightning()
     run_dir = store.run_dir(exp, run_id)
-    store.write_text(exp, run_id, "config.yaml", dump_yaml(cfg))
-    store.set_status(exp, run_id, "running")
+    lead = is_lead_process()  # only rank 0 writes the run store (and W&B, through Lightning)
+    checkpoint = run_dir / "checkpoint.ckpt"
+    if lead:
+        store.write_text(exp, run_id, "config.yaml", dump_yaml(cfg))
+        store.set_status(exp, run_id, "running", resumed_from=str(checkpoint) if checkpoint.exists() else None)
+        _keep_previous_attempt(run_dir / "lightning")
     started = time.time()
     wandb_logger = None
     task = progress.add_task(f"  {cfg.variant}", total=None) if progress is not None else None
@@ -98,7 +129,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         wandb_logger = make_wandb_logger(cfg, run_id, run_dir, scale)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
-        callbacks = [diagnostics] if cfg.diagnostics.enabled else []
+        callbacks = [Preemption(checkpoint), *callbacks] + ([diagnostics] if cfg.diagnostics.enabled else [])
         if cfg.trainer.stop_at_train_acc > 0:
             callbacks.append(EarlyStopping(monitor="train/acc", mode="max", patience=10**9, check_finite=False,
                                            stopping_threshold=cfg.trainer.stop_at_train_acc - 1e-6,  # its test is strict
@@ -112,9 +143,11 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
             gradient_clip_val=t.gradient_clip or None, check_val_every_n_epoch=t.val_every_n_epochs,
             log_every_n_steps=t.log_every_n_steps, logger=loggers, callbacks=callbacks,
             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-            num_sanity_val_steps=0, deterministic=t.deterministic, default_root_dir=str(run_dir))
+            num_sanity_val_steps=0, deterministic=t.deterministic, default_root_dir=str(run_dir),
+            plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None)
         initial = module.evaluate(splits.x_train, splits.y_train)
-        trainer.fit(module, datamodule=datamodule)
+        resume = str(checkpoint) if checkpoint.exists() else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if trainer.global_rank != 0:
             return {"status": "done", "rank": trainer.global_rank}
 
@@ -123,7 +156,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
             "test": (splits.x_test, splits.y_test)}.items() if len(x)}
         diverged = module.diverged_step is not None or not math.isfinite(final["train"]["loss"])
         diag = pd.DataFrame(diagnostics.rows)
-        metrics = tidy_metrics(run_dir / "lightning" / "metrics.csv")
+        metrics = tidy_metrics(run_dir / "lightning")
         summary = {
             "run_id": run_id, "experiment": exp, "variant": cfg.variant,
             "status": "diverged" if diverged else "done",
@@ -140,17 +173,26 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         store.write_json(exp, run_id, "summary.json", summary)
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
-        store.set_status(exp, run_id, summary["status"], diverged_step=module.diverged_step)
+        store.set_status(exp, run_id, summary["status"], diverged_step=module.diverged_step,
+                         resumed_from=resume)
+        checkpoint.unlink(missing_ok=True)
         return summary
+    except Preempted:
+        if lead:
+            store.set_status(exp, run_id, "pending", preempted=True, checkpoint=str(checkpoint))
+        raise
     except UserError as e:
-        store.set_status(exp, run_id, "failed", error=str(e))
+        if lead:
+            store.set_status(exp, run_id, "failed", error=str(e))
         raise
     except KeyboardInterrupt:
-        store.set_status(exp, run_id, "failed", error="interrupted")
+        if lead:
+            store.set_status(exp, run_id, "failed", error="interrupted")
         raise
     except Exception as e:  # a failed run is recorded and the suite goes on
-        store.set_status(exp, run_id, "failed", error=f"{type(e).__name__}: {e}",
-                         traceback=traceback.format_exc(limit=20))
+        if lead:
+            store.set_status(exp, run_id, "failed", error=f"{type(e).__name__}: {e}",
+                             traceback=traceback.format_exc(limit=20))
         return {"run_id": run_id, "experiment": exp, "variant": cfg.variant, "status": "failed",
                 "error": f"{type(e).__name__}: {e}"}
     finally:

@@ -1,0 +1,136 @@
+"""SLURM: render the sbatch template for a suite's unfinished runs, submit one job array, read its status.
+
+Submission never waits for the jobs: it prints the job id and the log folder and returns; status comes later
+from the run store and squeue (sacct is often disabled on clusters). A job's manifest (the run configs per
+array task) lives in runs/<experiment>/_slurm/<job folder>/, outside every run's own folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from string import Template
+
+import yaml
+
+from framework.config import from_dict, to_dict
+from framework.registry import UserError, suggest
+from framework.store import RunStore, atomic_write
+
+SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+PROFILE_KEYS = {"partition", "account", "time", "gpus_per_task", "cpus_per_task", "mem", "pack", "max_parallel",
+                "signal_seconds", "setup"}
+
+
+def load_profile(name: str, path: Path | None = None) -> dict:
+    path = path or Path(os.environ.get("REPRO_SLURM_PROFILES", SLURM_DIR / "profiles.yaml"))
+    profiles = yaml.safe_load(path.read_text()) or {}
+    if name not in profiles:
+        raise UserError(f"unknown profile '{name}'{suggest(name, profiles)}; profiles in {path}: "
+                        f"{', '.join(profiles)}")
+    profile = profiles[name] or {}
+    unknown = set(profile) - PROFILE_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise UserError(f"profile {name}: unknown key '{key}'{suggest(key, PROFILE_KEYS)}; "
+                        f"keys: {', '.join(sorted(PROFILE_KEYS))}")
+    return profile
+
+
+def render(runs, experiment: str, profile: dict, job_dir: Path) -> str:
+    """The sbatch script for these runs: one array task per pack of `profile.pack` runs."""
+    pack = max(1, int(profile.get("pack", 1)))
+    trainer = runs[0].cfg.trainer
+    tasks_per_node = trainer.devices if trainer.strategy.startswith("ddp") else 1
+    extra = []
+    for key, flag in (("partition", "--partition"), ("account", "--account")):
+        if profile.get(key):
+            extra.append(f"#SBATCH {flag}={profile[key]}")
+    if int(profile.get("gpus_per_task", 0)) > 0:
+        extra.append(f"#SBATCH --gres=gpu:{int(profile['gpus_per_task']) * tasks_per_node}")
+    template = Template((SLURM_DIR / "template.sbatch").read_text())
+    return template.substitute(
+        job_name=f"repro-{experiment}", last_task=math.ceil(len(runs) / pack) - 1,
+        max_parallel=profile.get("max_parallel", 8), log_dir=job_dir / "logs", time=profile.get("time", "01:00:00"),
+        nodes=trainer.num_nodes, tasks_per_node=tasks_per_node, cpus_per_task=profile.get("cpus_per_task", 1),
+        mem=profile.get("mem", "2G"), signal_seconds=profile.get("signal_seconds", 60),
+        extra_directives="\n".join(extra), workdir=Path.cwd(), setup=profile.get("setup", "") or "",
+        python=sys.executable, manifest=job_dir / "manifest.json")
+
+
+def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dry_run: bool = False,
+           console=None) -> dict:
+    runs = [r for r in recipe.runs(scale, overrides) if not store.is_finished(recipe.name, r.run_id)]
+    profile = load_profile(profile_name)
+    if not runs:
+        return {"job_id": None, "runs": 0, "message": f"nothing to submit: every run of {recipe.name} [{scale}] "
+                                                          "is finished"}
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    job_dir = (store.root / recipe.name / "_slurm" / stamp).resolve()
+    script = render(runs, recipe.name, profile, job_dir)
+    if dry_run:
+        return {"job_id": None, "runs": len(runs), "script": script}
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise UserError("sbatch not found on PATH: is this a SLURM login node? (slurm/local-cluster.sh start "
+                        "runs a local one)")
+    pack = max(1, int(profile.get("pack", 1)))
+    manifest = {"experiment": recipe.name, "scale": scale, "runs_dir": str(store.root.resolve()),
+                "tasks": [[to_dict(r.cfg) for r in runs[i:i + pack]] for i in range(0, len(runs), pack)]}
+    (job_dir / "logs").mkdir(parents=True, exist_ok=True)
+    atomic_write(job_dir / "manifest.json", json.dumps(manifest))
+    atomic_write(job_dir / "job.sbatch", script)
+    result = subprocess.run([sbatch, "--parsable", str(job_dir / "job.sbatch")], capture_output=True, text=True,
+                            timeout=60)
+    if result.returncode != 0:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        message = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"sbatch failed ({result.returncode}): {message[-1] if message else 'no message'}")
+    job_id = result.stdout.strip().split(";")[0]
+    atomic_write(job_dir / "job_id", job_id)
+    return {"job_id": job_id, "runs": len(runs), "tasks": len(manifest["tasks"]), "logs": str(job_dir / "logs")}
+
+
+def work(manifest_path: Path, task: int) -> int:
+    """One array task: train its pack of runs in order (finished ones are skipped). Returns an exit code."""
+    from framework.preemption import Preempted
+    from framework.runner import train
+    manifest = json.loads(Path(manifest_path).read_text())
+    store = RunStore(manifest["runs_dir"])
+    failed = 0
+    for cfg_dict in manifest["tasks"][task]:
+        try:
+            summary = train(from_dict(cfg_dict), store, scale=manifest["scale"])
+        except Preempted as e:
+            print(f"preempted: {e}", flush=True)
+            return 0  # SLURM requeues the task; the run resumes from its checkpoint
+        print(f"{summary.get('run_id')} {summary.get('variant')}: {summary.get('status')}"
+              f"{' (skipped: finished)' if summary.get('skipped') else ''}", flush=True)
+        failed += summary.get("status") == "failed"
+    return 1 if failed else 0
+
+
+def squeue(job_name: str) -> list[dict]:
+    """Jobs of this name in the queue (empty when SLURM is not there)."""
+    if shutil.which("squeue") is None:
+        return []
+    out = subprocess.run(["squeue", "-h", "-r", "-n", job_name, "-o", "%i|%T|%M|%R"], capture_output=True,
+                         text=True, timeout=30)
+    if out.returncode != 0:
+        return []
+    rows = [line.split("|") for line in out.stdout.strip().splitlines() if line]
+    return [{"job": r[0], "state": r[1], "time": r[2], "reason": r[3]} for r in rows]
+
+
+def status(recipe, scale: str, overrides, store: RunStore) -> dict:
+    runs = recipe.runs(scale, overrides)
+    counts = {s: 0 for s in ("done", "running", "pending", "failed", "diverged")}
+    for run in runs:
+        counts[store.status(recipe.name, run.run_id)] += 1
+    return {"experiment": recipe.name, "scale": scale, "runs": len(runs), "counts": counts,
+            "queue": squeue(f"repro-{recipe.name}")}
