@@ -70,9 +70,12 @@ def run(
         for name in names:
             recipe = recipes.get(name)()
             verdicts.append(run_suite(recipe, scale, overrides or [], RunStore(runs_dir), reports_dir, force, console))
-            console.print(f"wrote {reports_dir / name}/verdict.json and figures "
+            if verdicts[-1]["claims"]:
+                console.print(f"wrote {reports_dir / name}/verdict.json and figures "
                           f"({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); runs: {verdicts[-1]['runs']}")
-        print_verdicts(verdicts)
+        from framework.runner import is_lead_process
+        if is_lead_process():
+            print_verdicts(verdicts)
     except UserError as e:
         _fail(e)
 

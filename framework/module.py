@@ -24,9 +24,12 @@ class ReproModule(pl.LightningModule):
         self.signed = signed
         self.net = build_model(cfg.model, n_features, n_outputs)
         self.loss_fn = LOSSES.get(cfg.loss.name, "loss.name")(n_classes)
+        # the epoch's running sums go into checkpoints, so a run resumed mid-epoch reports whole-epoch metrics
         self.train_loss = MeanMetric()
+        self.train_loss.persistent(True)
         if n_classes:
             self.train_acc = MulticlassAccuracy(n_classes, average="micro")
+            self.train_acc.persistent(True)
             self.val_acc = MulticlassAccuracy(n_classes, average="micro")
         self.diverged_step: int | None = None
 

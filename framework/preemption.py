@@ -54,6 +54,12 @@ class Preemption(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.requested:
             return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # let the epoch end (its metrics, validation); stop after the next epoch's first batch
+        # Lightning writes this step's metrics only after this hook: write them now, or the row is lost
+        trainer._logger_connector.update_train_step_metrics()
+        for logger in trainer.loggers:
+            logger.save()
         # the loader has already yielded the next batch (Lightning prefetches): record what was trained
         trainer.train_dataloader.batches_done = batch_idx + 1
         tmp = self.checkpoint.with_suffix(".tmp")

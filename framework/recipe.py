@@ -197,6 +197,9 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
         for run in runs:
             train(run.cfg, store, scale=scale, force=force, progress=progress)
             progress.advance(suite)
+    from framework.runner import is_lead_process
+    if not is_lead_process():  # DDP workers train; only rank 0 reports
+        return {"experiment": recipe.name, "scale": scale, "claims": [], "runs": {}, "figures": []}
     frame = runs_frame(runs, store)
     claims = recipe.claims(frame, store)
     outdir = reports_dir / recipe.name

@@ -57,7 +57,8 @@ def tidy_metrics(csv_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
     raw = pd.concat(frames, ignore_index=True)
     merged = raw.groupby(["step", "_part"], as_index=False).first()
-    return merged.groupby("step", as_index=False).last().drop(columns="_part").sort_values("step")
+    merged = merged.groupby("step", as_index=False).last().drop(columns="_part").sort_values("step")
+    return merged[["step", *sorted(c for c in merged.columns if c != "step")]]
 
 
 def is_lead_process() -> bool:

@@ -1,0 +1,210 @@
+"""The cluster path on a real single-node SLURM (slurm/local-cluster.sh), preemption and resume, and DDP.
+
+Needs root to start SLURM (as in CI); elsewhere the SLURM tests skip with that reason.
+"""
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+
+from framework.config import config_hash
+from framework.preemption import Preempted
+from framework.runner import train
+from framework.store import RunStore, atomic_write
+from tests.conftest import ROOT, repro
+
+QUICK = ["tracking.mode=disabled", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0:
+        pytest.skip("starting the local SLURM needs root (CI runs as root)")
+    out = subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "start"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    conf = out.stdout.strip().split("=", 1)[1]
+    os.environ["SLURM_CONF"] = conf
+    return {"SLURM_CONF": conf}
+
+
+def wait_for_queue(name: str, timeout: float = 240, until=lambda jobs: not jobs):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r"], capture_output=True, text=True)
+        jobs = [line.split() for line in out.stdout.strip().splitlines()]
+        if until(jobs):
+            return jobs
+        time.sleep(1)
+    raise TimeoutError(f"jobs {name} still queued: {jobs}")
+
+
+def local_summaries(name, overrides, tmp_path):
+    """The same suite run locally, in this process: the reference for the cluster's numbers."""
+    from experiments import RECIPES
+    store = RunStore(tmp_path / "local")
+    recipe = RECIPES.get(name)()
+    return {r.run_id: train(r.cfg, store) for r in recipe.runs("smoke", overrides)}
+
+
+def test_submit_array_runs_every_run_like_a_local_run(slurm, tmp_path):
+    runs_dir = tmp_path / "runs"
+    r = repro("submit", "double_descent", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    assert r.returncode == 0, r.stderr
+    assert "submitted job" in r.stdout and "4 runs in 4 array tasks" in r.stdout and "logs in" in r.stdout
+    wait_for_queue("repro-double_descent")
+    store = RunStore(runs_dir)
+    reference = local_summaries("double_descent", QUICK, tmp_path)
+    for run_id, local in reference.items():
+        assert store.status("double_descent", run_id) == "done"
+        cluster = store.summary("double_descent", run_id)
+        for key in ("train_loss", "test_error", "test_loss", "steps"):
+            assert cluster[key] == local[key], (run_id, key)
+        assert json.loads((runs_dir / "double_descent" / run_id / "status.json").read_text())["slurm_array_job_id"]
+    st = repro("status", "double_descent", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    assert "4 runs: done 4, running 0, pending 0, failed 0, diverged 0" in st.stdout
+    again = repro("submit", "double_descent", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
+    assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1, "the second submit sent nothing"
+
+
+def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
+    overrides = [*QUICK, "grid.model.width=[64]", "trainer.max_epochs=300"]
+    runs_dir = tmp_path / "runs"
+    r = repro("submit", "double_descent", "--scale", "smoke", *overrides, "--runs-dir", str(runs_dir), env=slurm)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.split("submitted job ")[1].split(":")[0]
+    (run_id,) = local_summaries("double_descent", overrides, tmp_path).keys()
+    metrics = runs_dir / "double_descent" / run_id / "lightning" / "metrics.csv"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20) and time.time() < deadline:
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", f"{job}_0"], check=True)  # SLURM's pre-timeout signal
+    wait_for_queue("repro-double_descent", 60, until=lambda jobs: jobs and jobs[0][1] == "PENDING")
+    status = json.loads((runs_dir / "double_descent" / run_id / "status.json").read_text())
+    assert status["status"] == "pending" and status["preempted"] is True
+    assert (runs_dir / "double_descent" / run_id / "checkpoint.ckpt").exists()
+    # SLURM holds a requeued job ~2 minutes before it is eligible again; start it now
+    subprocess.run(["scontrol", "update", f"jobid={job}_0", "StartTime=now"], check=True)
+    wait_for_queue("repro-double_descent")
+    store = RunStore(runs_dir)
+    final = store.read_json("double_descent", run_id, "status.json")
+    assert final["status"] == "done" and final["resumed_from"].endswith("checkpoint.ckpt")
+    log = next((runs_dir / "double_descent" / "_slurm").glob("*/logs/*.out")).read_text()
+    assert "restart 1" in log
+    reference = local_summaries("double_descent", overrides, tmp_path)[run_id]
+    resumed = store.summary("double_descent", run_id)
+    for key in ("train_loss", "test_loss", "test_error", "steps", "grad_norm_first"):
+        assert resumed[key] == reference[key], key
+
+
+class SignalAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.parametrize("step", [5, 15, 16, 33])  # mid-epoch, last batch of an epoch, first batch, last epoch
+def test_resume_is_exact_wherever_the_signal_lands(step, tiny, tmp_path):
+    cfg = tiny(trainer__max_epochs=5, model__dropout=0.2, schedule__name="cosine", data__n_samples=400)
+    reference = train(cfg, RunStore(tmp_path / "ref"))
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Preempted):
+        train(cfg, store, callbacks=[SignalAt(step)])
+    assert store.status("test", config_hash(cfg)) == "pending"
+    resumed = train(cfg, store)
+    for key in ("train_loss", "val_loss", "test_acc", "steps", "grad_norm_first", "saturation_mean"):
+        assert resumed[key] == reference[key], key
+    import pandas as pd
+    merged = store.read_frame("test", resumed["run_id"], "metrics.csv")
+    pd.testing.assert_frame_equal(merged, RunStore(tmp_path / "ref").read_frame("test", resumed["run_id"],
+                                                                                 "metrics.csv"))
+
+
+def test_signal_on_the_final_step_lets_the_run_finish(tiny, tmp_path):
+    cfg = tiny(trainer__max_epochs=5, data__n_samples=400)
+    store = RunStore(tmp_path / "run")
+    summary = train(cfg, store, callbacks=[SignalAt(39)])
+    assert summary["status"] == "done" and summary["steps"] == 40
+    assert not (store.run_dir("test", config_hash(cfg)) / "checkpoint.ckpt").exists()
+
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    """Same global batch (each of 2 gloo processes takes half of every batch of 50): the same training.
+    Tolerance: |train loss difference| <= 1e-4 and equal test error (float sums in another order)."""
+    args = ["run", "double_descent", "--scale", "smoke", "grid.model.width=[32]", *QUICK, "--runs-dir",
+            str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+    single = repro(*args)
+    ddp = repro(*args, "trainer.strategy=ddp", "trainer.devices=2")
+    assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "double_descent").glob("*/summary.json")]
+    assert len(summaries) == 2
+    a, b = summaries
+    assert abs(a["train_loss"] - b["train_loss"]) <= 1e-4 and a["test_error"] == b["test_error"]
+    assert a["steps"] == b["steps"]
+
+
+def test_submit_without_sbatch_is_a_clear_error(tmp_path):
+    r = repro("submit", "double_descent", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
+              env={"PATH": str(tmp_path)})
+    assert r.returncode == 2 and "sbatch not found on PATH" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_profile_is_a_clear_error(tmp_path):
+    r = repro("submit", "double_descent", "--profile", "gpus", "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "unknown profile 'gpus'" in r.stderr and "did you mean 'gpu'" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failed_submission_leaves_nothing_behind(slurm, tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("broken: {partition: no_such_partition}\n")
+    r = repro("submit", "double_descent", "--scale", "smoke", "--profile", "broken", "--runs-dir",
+              str(tmp_path / "runs"), env={**slurm, "REPRO_SLURM_PROFILES": str(profiles)})
+    assert r.returncode == 2 and "sbatch failed" in r.stderr and "partition" in r.stderr.lower()
+    leftovers = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] if (tmp_path / "runs").exists() else []
+    assert leftovers == []
+
+
+def test_dry_run_prints_the_script(tmp_path):
+    r = repro("submit", "vanishing_gradients", "--scale", "smoke", "--dry-run", "--runs-dir", str(tmp_path / "r"))
+    assert r.returncode == 0
+    assert "#SBATCH --array=0-15%8" in r.stdout and "#SBATCH --signal=USR1@60" in r.stdout
+    assert "#SBATCH --requeue" in r.stdout and "srun" in r.stdout
+    assert not (tmp_path / "r").exists()
+    ddp = repro("submit", "double_descent", "--scale", "smoke", "--dry-run", "trainer.strategy=ddp",
+                "trainer.devices=4", "trainer.num_nodes=2", "--profile", "gpu", "--runs-dir", str(tmp_path / "r"))
+    assert "#SBATCH --ntasks-per-node=4" in ddp.stdout and "#SBATCH --nodes=2" in ddp.stdout
+    assert "#SBATCH --gres=gpu:4" in ddp.stdout and "#SBATCH --partition=gpu" in ddp.stdout
+
+
+def _hammer(path, n, tag):
+    for i in range(n):
+        atomic_write(Path(path), json.dumps({"writer": tag, "i": i, "pad": "x" * 5000}))
+
+
+def test_concurrent_writers_never_leave_a_torn_file(tmp_path):
+    path = tmp_path / "status.json"
+    atomic_write(path, json.dumps({"writer": -1}))
+    writers = [mp.Process(target=_hammer, args=(str(path), 300, k)) for k in range(4)]
+    for w in writers:
+        w.start()
+    reads = 0
+    while any(w.is_alive() for w in writers):
+        json.loads(path.read_text())  # a torn write would not parse
+        reads += 1
+    for w in writers:
+        w.join()
+        assert w.exitcode == 0
+    assert reads > 10 and not list(tmp_path.glob("*.tmp"))
