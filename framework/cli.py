@@ -129,6 +129,61 @@ def status(
         console.print(f"  job {job['job']}: {job['state']} {job['time']} {job['reason']}")
 
 
+@app.command()
+def report(
+    experiment: str = typer.Argument(..., help="a recipe name, or 'all'"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as for `repro run`"),
+    scale: Optional[str] = typer.Option(None, help="the scale whose runs to report (default: each recipe's default)"),
+    source: str = typer.Option("local", help="local (the run store) or wandb (wandb.Api online, else offline files)"),
+    wandb_run: bool = typer.Option(True, help="also log the verdict and figures to a W&B report run"),
+    runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
+    reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")), help="where reports go"),
+):
+    """DataFrames (CSV), paper-style figures (PNG, PDF) and HTML reports from runs already trained."""
+    from framework.report import log_report_run, report as report_one, write_index
+    from framework.store import RunStore
+    try:
+        recipes = _recipes()
+        names = recipes.names() if experiment == "all" else [experiment]
+        for name in names:
+            recipes.check(name, "experiment")
+        verdicts = []
+        for name in names:
+            verdict = report_one(recipes.get(name)(), scale, RunStore(runs_dir), reports_dir, source, overrides or [])
+            verdicts.append(verdict)
+            if wandb_run:
+                log_report_run(verdict, reports_dir / name)
+            console.print(f"wrote {reports_dir / name}/index.html ({len(verdict['figures']) // 2} figures)")
+        if experiment == "all" or (reports_dir / "index.html").exists():
+            known = {v["experiment"]: v for v in verdicts}
+            for name in recipes.names():  # keep the other recipes' rows in the overall index
+                path = reports_dir / name / "verdict.json"
+                if name not in known and path.exists():
+                    import json
+                    known[name] = json.loads(path.read_text())
+            console.print(f"wrote {write_index([known[n] for n in recipes.names() if n in known], reports_dir)}")
+        print_verdicts(verdicts)
+    except UserError as e:
+        _fail(e)
+
+
+@app.command()
+def sync(runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store")):
+    """Upload offline W&B runs (and report runs) with `wandb sync` once you are online."""
+    import shutil
+    import subprocess
+    from framework.tracking import _has_api_key
+    folders = sorted(str(p) for p in runs_dir.glob("*/*/wandb/offline-run-*"))
+    folders += sorted(str(p) for p in Path(os.environ.get("REPRO_REPORTS", "reports")).glob("*/wandb/offline-run-*"))
+    if not folders:
+        _fail(UserError(f"no offline W&B runs under {runs_dir}"))
+    if not _has_api_key():
+        _fail(UserError("no W&B API key: run `wandb login` (or set WANDB_API_KEY) first"))
+    wandb_cli = shutil.which("wandb") or str(Path(sys.executable).parent / "wandb")
+    console.print(f"syncing {len(folders)} offline runs...")
+    raise typer.Exit(subprocess.run([wandb_cli, "sync", "--include-offline", *folders]).returncode)
+
+
 @app.command(hidden=True)
 def worker(manifest: Path = typer.Argument(...), task: int = typer.Option(..., help="array task index")):
     """Train one array task's runs (called by the sbatch script)."""

@@ -76,7 +76,7 @@ def test_submit_array_runs_every_run_like_a_local_run(slurm, tmp_path):
 
 
 def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
-    overrides = [*QUICK, "grid.model.width=[64]", "trainer.max_epochs=300"]
+    overrides = [*QUICK, "grid.model.width=[64]", "trainer.max_epochs=1500"]  # ~6000 steps: time to signal
     runs_dir = tmp_path / "runs"
     r = repro("submit", "double_descent", "--scale", "smoke", *overrides, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr
@@ -84,9 +84,10 @@ def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
     (run_id,) = local_summaries("double_descent", overrides, tmp_path).keys()
     metrics = runs_dir / "double_descent" / run_id / "lightning" / "metrics.csv"
     deadline = time.time() + 120
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20) and time.time() < deadline:
-        time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR1", f"{job}_0"], check=True)  # SLURM's pre-timeout signal
+    while not metrics.exists() and time.time() < deadline:  # first written at step 100
+        time.sleep(0.2)
+    sent = subprocess.run(["scancel", "--signal=USR1", f"{job}_0"], capture_output=True, text=True)
+    assert sent.returncode == 0, f"scancel: {sent.stderr}"  # SLURM's pre-timeout signal
     wait_for_queue("repro-double_descent", 60, until=lambda jobs: jobs and jobs[0][1] == "PENDING")
     status = json.loads((runs_dir / "double_descent" / run_id / "status.json").read_text())
     assert status["status"] == "pending" and status["preempted"] is True

@@ -1,0 +1,106 @@
+"""Reports: HTML pages checked in headless Chromium, W&B offline files read back into the same DataFrames as
+the run store, and figures drawn from the data (the plotted numbers move with the DataFrame)."""
+import json
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from experiments import RECIPES
+from framework.recipe import run_suite
+from framework.report import local_frames, wandb_frames
+from framework.store import RunStore
+from tests.conftest import repro
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=10000"]
+
+
+def chromium(*args, profile):
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reports")
+    common = ["--scale", "smoke", "--runs-dir", str(root / "runs"), "--reports-dir", str(root / "reports")]
+    r = repro("run", "all", *common, "tracking.mode=disabled")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = repro("report", "all", *common, "tracking.mode=disabled", "--no-wandb-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return root
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_html_reports_load_every_figure_in_chromium(reports, tmp_path):
+    pages = [reports / "reports" / name / "index.html" for name in RECIPES.names()]
+    for page in pages:
+        dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
+        body = re.search(r'<body data-figures="(\d+)" data-figures-loaded="(\d+)"', dom)
+        assert body, f"{page}: the page's load check did not run"
+        total, loaded = map(int, body.groups())
+        assert total >= 2 and loaded == total, f"{page}: {loaded} of {total} figures loaded"
+        assert 'id="verdict"' in dom and ("reproduced" in dom)
+    index = chromium("--dump-dom", (reports / "reports" / "index.html").as_uri(), profile=tmp_path / "profile").stdout
+    table = index[index.index('id="verdict"'):]
+    for name in RECIPES.names():
+        assert f"<td>{name}</td>" in table, f"{name} missing from the verdict table"
+    shot = reports / "reports" / "screenshot.png"
+    chromium("--window-size=1400,2000", f"--screenshot={shot}", pages[0].as_uri(), profile=tmp_path / "profile")
+    assert shot.stat().st_size > 20_000
+
+
+def test_report_writes_frames_and_versions(reports):
+    out = reports / "reports" / "double_descent"
+    summary = pd.read_csv(out / "summary.csv")
+    history = pd.read_csv(out / "history.csv")
+    assert len(summary) == 4 and {"run_id", "model.width", "cfg.model.width", "train_error", "test_error"} <= set(
+        summary.columns)
+    assert set(history["run_id"]) == set(summary["run_id"]) and "train/loss" in history
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert {"torch", "lightning", "wandb"} <= set(verdict["versions"])
+    assert (out / "double_descent.pdf").exists() and (out / "diagnostics.png").exists()
+
+
+def test_wandb_offline_files_give_the_same_frames_as_the_run_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    recipe = RECIPES.get("double_descent")()
+    store = RunStore(tmp_path / "runs")
+    overrides = ["grid.model.width=[8,32]"]
+    run_suite(recipe, "smoke", overrides, store, tmp_path / "reports")
+    local_summary, local_history = local_frames(recipe, "smoke", store, overrides)
+    wb_summary, wb_history = wandb_frames(recipe, "smoke", store, overrides)
+    assert len(wb_summary) == len(local_summary) == 2
+    keys = ["run_id", "variant", "model.width", "cfg.model.width", "cfg.data.label_noise", "cfg.optim.lr",
+            "train_loss", "train_error", "test_error", "test_loss", "steps", "status"]
+    pd.testing.assert_frame_equal(wb_summary[keys].sort_values("run_id").reset_index(drop=True),
+                                  local_summary[keys].sort_values("run_id").reset_index(drop=True),
+                                  check_dtype=False)
+    cols = ["run_id", "step", "epoch", "train/loss", "train/loss_epoch", "train/acc", "lr"]
+    a = wb_history[cols].sort_values(["run_id", "step"]).reset_index(drop=True)
+    b = local_history[cols].sort_values(["run_id", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False, atol=1e-7)
+
+
+def test_figure_is_drawn_from_the_data(reports, tmp_path):
+    recipe = RECIPES.get("double_descent")()
+    store = RunStore(reports / "runs")
+    summary, _ = local_frames(recipe, "smoke", store)
+
+    def plotted(frame, outdir):
+        outdir.mkdir()
+        recipe.figures(frame, store, outdir)
+        data = json.loads((outdir / "double_descent.data.json").read_text())
+        return {line["label"]: line["y"] for line in data[0]["lines"] if line["label"] in ("train", "test")}
+    before = plotted(summary, tmp_path / "a")
+    assert before["test"] == pytest.approx(summary.sort_values("model.width")["test_error"].tolist())
+    changed = summary.copy()
+    changed.loc[changed["model.width"] == changed["model.width"].max(), "test_error"] = 0.777
+    after = plotted(changed, tmp_path / "b")
+    assert after["test"][-1] == pytest.approx(0.777) and after["test"][:-1] == before["test"][:-1]
+    assert after["train"] == before["train"]
