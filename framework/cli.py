@@ -24,6 +24,15 @@ def _recipes():
     return RECIPES
 
 
+def _names(experiment: str) -> list[str]:
+    """'all' or one recipe name, checked before anything runs."""
+    recipes = _recipes()
+    names = recipes.names() if experiment == "all" else [experiment]
+    for name in names:
+        recipes.check(name, "experiment")
+    return names
+
+
 def _fail(e: Exception):
     err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -62,10 +71,7 @@ def run(
     from framework.recipe import run_suite
     from framework.store import RunStore
     try:
-        recipes = _recipes()
-        names = recipes.names() if experiment == "all" else [experiment]
-        for name in names:
-            recipes.check(name, "experiment")
+        recipes, names = _recipes(), _names(experiment)
         verdicts = []
         for name in names:
             recipe = recipes.get(name)()
@@ -143,10 +149,7 @@ def report(
     from framework.report import log_report_run, report as report_one, write_index
     from framework.store import RunStore
     try:
-        recipes = _recipes()
-        names = recipes.names() if experiment == "all" else [experiment]
-        for name in names:
-            recipes.check(name, "experiment")
+        recipes, names = _recipes(), _names(experiment)
         verdicts = []
         for name in names:
             verdict = report_one(recipes.get(name)(), scale, RunStore(runs_dir), reports_dir, source, overrides or [])

@@ -70,6 +70,10 @@ def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), proj
             for col in ["run_id", "variant", *run.axes]:
                 hist[col] = summary_rows[-1][col]
             histories.append(hist)
+    return _frames(runs, summary_rows, histories)
+
+
+def _frames(runs, summary_rows: list[dict], histories: list[pd.DataFrame]):
     summary = pd.DataFrame(summary_rows)
     summary.attrs["axes"] = list(dict.fromkeys(a for run in runs for a in run.axes))
     return summary, (pd.concat(histories, ignore_index=True) if histories else pd.DataFrame())
@@ -92,9 +96,7 @@ def _api_frames(recipe, runs, project, entity):  # pragma: no cover - needs a W&
         for col in ["run_id", "variant", *run.axes]:
             hist[col] = summary_rows[-1][col]
         histories.append(hist)
-    summary = pd.DataFrame(summary_rows)
-    summary.attrs["axes"] = list(dict.fromkeys(a for run in runs for a in run.axes))
-    return summary, (pd.concat(histories, ignore_index=True) if histories else pd.DataFrame())
+    return _frames(runs, summary_rows, histories)
 
 
 def versions() -> dict[str, str]:

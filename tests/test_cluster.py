@@ -81,7 +81,8 @@ def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
     r = repro("submit", "double_descent", "--scale", "smoke", *overrides, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr
     job = r.stdout.split("submitted job ")[1].split(":")[0]
-    (run_id,) = local_summaries("double_descent", overrides, tmp_path).keys()
+    from experiments import RECIPES
+    (run_id,) = [run.run_id for run in RECIPES.get("double_descent")().runs("smoke", overrides)]
     metrics = runs_dir / "double_descent" / run_id / "lightning" / "metrics.csv"
     deadline = time.time() + 120
     while not metrics.exists() and time.time() < deadline:  # first written at step 100
@@ -94,7 +95,9 @@ def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
     assert (runs_dir / "double_descent" / run_id / "checkpoint.ckpt").exists()
     # SLURM holds a requeued job ~2 minutes before it is eligible again; start it now
     subprocess.run(["scontrol", "update", f"jobid={job}_0", "StartTime=now"], check=True)
-    wait_for_queue("repro-double_descent")
+    t0 = time.time()
+    wait_for_queue("repro-double_descent", 400)
+    print(f"resumed job ran {time.time() - t0:.0f} s")
     store = RunStore(runs_dir)
     final = store.read_json("double_descent", run_id, "status.json")
     assert final["status"] == "done" and final["resumed_from"].endswith("checkpoint.ckpt")
