@@ -34,7 +34,7 @@ def _names(experiment: str) -> list[str]:
 
 
 def _fail(e: Exception):
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
