@@ -13,6 +13,7 @@ The Python side (experiments/<name>.py) declares the claims, computed only from 
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 import json
 import os
 import time
@@ -53,7 +54,7 @@ class Run:
         return config_hash(self.cfg)
 
 
-class Recipe:
+class Recipe(ABC):
     """Subclass per phenomenon: set the class attributes, implement claims() and figures()."""
     name: str = ""
     title: str = ""
@@ -74,8 +75,9 @@ class Recipe:
     def runs(self, scale: str | None = None, overrides: list[str] | dict | None = None) -> list[Run]:
         return expand(self.name, self.spec(), scale or self.default_scale(), overrides or [])
 
+    @abstractmethod
     def claims(self, runs: pd.DataFrame, store: RunStore) -> list[Claim]:
-        raise NotImplementedError(f"recipe {self.name} declares no claims")
+        """The recipe's claims, each computed from the runs' logged numbers."""
 
     def figures(self, runs: pd.DataFrame, store: RunStore, outdir: Path) -> list[Path]:
         return []
