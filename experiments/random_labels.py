@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import RECIPES
+from framework.data import class_count
 from framework.plots import save, sns_setup
 from framework.recipe import Claim, Recipe, history
 
@@ -45,7 +46,7 @@ class RandomLabels(Recipe):
 
     def claims(self, runs: pd.DataFrame, store) -> list[Claim]:
         labels = _label_runs(runs)
-        n_classes = 10 if runs["cfg.data.name"].iloc[0] == "digits" else runs["cfg.data.n_classes"].iloc[0]
+        n_classes = class_count(runs["cfg.data.name"].iloc[0], runs["cfg.data.n_classes"].iloc[0])
         chance = 1 / n_classes
         full = labels[labels["label_noise"] == labels["label_noise"].max()]
         true = labels[labels["label_noise"] == 0]

@@ -187,6 +187,56 @@ def sync(runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")
     raise typer.Exit(subprocess.run([wandb_cli, "sync", "--include-offline", *folders]).returncode)
 
 
+@app.command()
+def bench(
+    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides for every case, e.g. "
+                                                              "trainer.precision=bf16-mixed trainer.compile=true"),
+    size: str = typer.Option("small", help="small (CI, seconds per case) or full (the recorded figures)"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    case: Optional[List[str]] = typer.Option(None, help="only these cases (deep_mlp_50x10, wide_mlp_2x2048, "
+                                                        "resnet18_cifar)"),
+    epoch: bool = typer.Option(False, help="also time an epoch of ResNet-18 on CIFAR-10 (real files when "
+                                           "data.root has them, else 50,000 CIFAR-shaped images)"),
+    record: Optional[Path] = typer.Option(None, help="append the table, dated, with the machine, to this "
+                                                     "markdown file (e.g. reports/benchmarks.md)"),
+):
+    """Samples/s of the framework's training step against a plain PyTorch loop (same model, data, batch, process)."""
+    from framework import bench as benchmark
+    from framework.config import parse_overrides
+    try:
+        if size not in benchmark.SIZES:
+            raise UserError(f"--size: choose one of {', '.join(benchmark.SIZES)}, got {size!r}")
+        known = [c.name for c in benchmark.CASES]
+        for name in case or []:
+            if name not in known:
+                from framework.registry import suggest
+                raise UserError(f"--case: unknown case '{name}'{suggest(name, known)}; cases: {', '.join(known)}")
+        extra = parse_overrides(overrides or [])
+        table = Table(title=f"repro bench ({size})")
+        for col in ("case", "device", "batch", "params", "plain samples/s", "framework samples/s",
+                    "framework / plain (range)"):
+            table.add_column(col, justify="right" if col != "case" else "left")
+        with console.status("benchmarking...") as status:
+            def report(row):
+                status.update(f"benchmarking... {row['case']}: {row['ratio']:.2f}x")
+            rows = benchmark.run(size, device, case or None, extra, report)
+        for r in rows:
+            table.add_row(r["case"], r["device"], str(r["batch"]), f"{r['params']:,}", f"{r['plain_samples_s']:,.0f}",
+                          f"{r['framework_samples_s']:,.0f}",
+                          f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})")
+        console.print(table)
+        epoch_row = None
+        if epoch:
+            epoch_row = benchmark.resnet18_epoch(device, extra)
+            console.print(f"ResNet-18 (k=64) on {epoch_row['data']}: {epoch_row['seconds_per_epoch']:.1f} s per "
+                          f"epoch ({epoch_row['samples_s']:,.0f} samples/s) on {epoch_row['device_name']}")
+        if record is not None:
+            benchmark.record(record, rows, epoch_row, size, extra)
+            console.print(f"appended to {record}")
+    except UserError as e:
+        _fail(e)
+
+
 @app.command(hidden=True)
 def worker(manifest: Path = typer.Argument(...), task: int = typer.Option(..., help="array task index")):
     """Train one array task's runs (called by the sbatch script)."""

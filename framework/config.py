@@ -20,7 +20,10 @@ from framework.registry import UserError, suggest
 
 @dataclass
 class DataConfig:
-    name: str = "digits"            # registry: framework.data.DATASETS
+    name: str = "digits"            # registry: framework.data.DATASETS (digits, mnist, fashion_mnist, cifar10, ...)
+    root: str = ""                  # image datasets: torchvision's layout under here ("" = $REPRO_DATA or ~/.cache/repro/data)
+    download: bool = True           # image datasets: fetch missing files where a network exists
+    verify: bool = True             # image datasets: check torchvision's MD5s (false: a re-packed copy in the same format)
     n_samples: int = 1000           # synthetic datasets only
     n_features: int = 16            # gaussian only
     n_classes: int = 4              # gaussian only
@@ -34,13 +37,16 @@ class DataConfig:
     label_noise: float = 0.0        # fraction of training labels replaced by a uniformly random class
     corruption: str = "none"        # registry: framework.data.CORRUPTIONS (shuffled_pixels, random_pixels, gaussian)
     positive_fraction: float = 0.7  # wilson: P(y = +1)
+    augment: str = "none"           # registry: framework.data.AUGMENTATIONS (none, crop, crop_flip), on the device
+    crop_padding: int = 4           # augment=crop*: pad by this many pixels, then crop back to size
+    on_device: bool = True          # keep the whole dataset on the accelerator; batches by index, no transfers
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"               # registry: framework.models.MODELS (mlp, linear)
-    depth: int = 2                  # hidden layers
-    width: int = 64
+    name: str = "mlp"               # registry: framework.models.MODELS (mlp, linear, convnet, cnn5, resnet18, vgg)
+    depth: int = 2                  # hidden layers (mlp), conv blocks (convnet), 11/13/16/19 (vgg)
+    width: int = 64                 # units (mlp), first stage's channels k (conv nets: k, 2k, 4k, 8k)
     activation: str = "relu"        # registry: framework.models.ACTIVATIONS
     residual: bool = False
     batch_norm: bool = False
@@ -85,7 +91,9 @@ class TrainerConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "32-true"      # Lightning's: 32-true, bf16-mixed (autocast), 16-mixed, ...
+    channels_last: bool = False     # conv nets on CUDA: NHWC memory format (tensor-core convolutions); no-op on CPU
+    compile: bool = False           # torch.compile the model
     gradient_clip: float = 0.0
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
@@ -123,13 +131,14 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# Labels and tracking settings never change what a run computes, so they stay out of its identity.
-NOT_IN_IDENTITY = ("variant", "tracking.")
+# Labels, tracking and where the data files live never change what a run computes, so they stay out of its identity.
+NOT_IN_IDENTITY = ("variant", "tracking.", "data.root", "data.download", "data.verify", "data.on_device")
 
 # Fields whose value must be a registered name; checked at load time, never deep inside a job.
 REGISTRY_FIELDS = {
     "data.name": ("framework.data", "DATASETS"),
     "data.corruption": ("framework.data", "CORRUPTIONS"),
+    "data.augment": ("framework.data", "AUGMENTATIONS"),
     "model.name": ("framework.models", "MODELS"),
     "model.activation": ("framework.models", "ACTIVATIONS"),
     "model.init": ("framework.models", "INITS"),
@@ -283,6 +292,7 @@ def validate(cfg: RunConfig) -> None:
         ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "must be in [0, 1)"),
         ("data.test_fraction", 0.0 < cfg.data.test_fraction < 1.0, "must be in (0, 1)"),
         ("data.label_noise", 0.0 <= cfg.data.label_noise <= 1.0, "must be in [0, 1]"),
+        ("data.crop_padding", cfg.data.crop_padding >= 0, "must be >= 0"),
         ("data.positive_fraction", 0.0 < cfg.data.positive_fraction < 1.0, "must be in (0, 1)"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("trainer.max_epochs", cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0, "must be >= 1 (or set trainer.max_steps)"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from framework.registry import Registry
+from framework.registry import Registry, UserError
 
 
 @dataclass
@@ -25,6 +25,12 @@ class Dataset:
     n_classes: int           # 0 for regression
     standardise: bool = True
     signed: bool = False     # targets are +-1 for a scalar output; error = sign mismatch
+    x_test: torch.Tensor | None = None  # an official test split (image datasets); else test_fraction is drawn
+    y_test: torch.Tensor | None = None
+
+    @property
+    def image(self) -> bool:
+        return self.x.dim() == 4
 
 
 @dataclass
@@ -39,8 +45,12 @@ class Splits:
     signed: bool = False
 
     @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
     def n_features(self) -> int:
-        return int(np.prod(self.x_train.shape[1:]))
+        return int(np.prod(self.in_shape))
 
     @property
     def n_outputs(self) -> int:
@@ -97,6 +107,24 @@ def wilson(cfg, rng) -> Dataset:
                    signed=True)
 
 
+def _vision(name: str):
+    def build(cfg, rng) -> Dataset:
+        from framework.vision import load
+        x_train, y_train, x_test, y_test, n_classes = load(name, cfg.root, cfg.download, cfg.verify)
+        return Dataset(x_train.float() / 255, y_train, n_classes, x_test=x_test.float() / 255, y_test=y_test)
+    build.__doc__ = f"torchvision's {name} under data.root (official train/test split, pixels in [0, 1])."
+    return build
+
+
+for _name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+    DATASETS.register(_name)(_vision(_name))
+
+
+def class_count(name: str, n_classes: int) -> int:
+    """Classes of a dataset by name without loading it (data.n_classes is the synthetic datasets' setting)."""
+    return {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}.get(name, int(n_classes))
+
+
 # Input corruptions of Zhang et al. 2017, Sec. 2, applied to every split before standardisation.
 CORRUPTIONS: Registry[Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = Registry("corruption")
 CORRUPTIONS.register("none")(lambda x, rng: x)
@@ -131,40 +159,78 @@ def corrupt_labels(y: torch.Tensor, fraction: float, n_classes: int, rng) -> tor
 
 def build_splits(cfg) -> Splits:
     """cfg: DataConfig. The split depends on data.split_seed only, never on the run's seed; corruptions and
-    label noise draw from their own streams, so every condition of a sweep shares one split."""
-    from framework.registry import UserError
+    label noise draw from their own streams, so every condition of a sweep shares one split. A dataset with an
+    official test split keeps it (test_fraction is then unused) and draws the validation split from its
+    training pool."""
     rng = np.random.default_rng([cfg.split_seed, 0])
     ds = DATASETS.get(cfg.name, "data.name")(cfg, rng)
-    ds.x = CORRUPTIONS.get(cfg.corruption, "data.corruption")(ds.x.flatten(1), np.random.default_rng(
-        [cfg.split_seed, 2])).reshape(ds.x.shape)
-    n = len(ds.x)
-    order = torch.from_numpy(np.random.default_rng([cfg.split_seed, 1]).permutation(n))
-    n_test = int(round(cfg.test_fraction * n))
-    n_val = int(round(cfg.val_fraction * n))
-    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    n_pool = len(ds.x)
+    x = ds.x if ds.x_test is None else torch.cat([ds.x, ds.x_test])
+    y = ds.y if ds.y_test is None else torch.cat([ds.y, ds.y_test])
+    # corrupted together, so a fixed pixel permutation is the same for training and test images
+    x = CORRUPTIONS.get(cfg.corruption, "data.corruption")(x.flatten(1), np.random.default_rng(
+        [cfg.split_seed, 2])).reshape(x.shape)
+    order = torch.from_numpy(np.random.default_rng([cfg.split_seed, 1]).permutation(n_pool))
+    if ds.x_test is None:
+        n_test = int(round(cfg.test_fraction * n_pool))
+        test, order = order[:n_test], order[n_test:]
+    else:
+        test = torch.arange(n_pool, len(x))
+    n_val = int(round(cfg.val_fraction * n_pool))
+    val, train = order[:n_val], order[n_val:]
     if cfg.n_train > 0:
         train = train[:cfg.n_train]
-    x_train, y_train = ds.x[train], ds.y[train]
+    x_train, y_train = x[train], y[train]
     if cfg.label_noise > 0:
         if not ds.n_classes:
             raise UserError(f"data.label_noise needs a classification dataset; {cfg.name} has real-valued targets")
         y_train = corrupt_labels(y_train, cfg.label_noise, ds.n_classes, np.random.default_rng([cfg.split_seed, 3]))
     if ds.standardise:
-        # Statistics of the training split; constant features (digits' always-blank border) are left unscaled.
-        mean, std = x_train.mean(0), x_train.std(0)
+        # Statistics of the training split: per channel for images, per feature otherwise; constant features
+        # (digits' always-blank border) are left unscaled.
+        dims = (0, 2, 3) if ds.image else (0,)
+        mean, std = x_train.mean(dims, keepdim=True)[0], x_train.std(dims, keepdim=True)[0]
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         norm = lambda t: (t - mean) / std  # noqa: E731
     else:
         norm = lambda t: t  # noqa: E731
-    return Splits(norm(x_train), y_train, norm(ds.x[val]), ds.y[val], norm(ds.x[test]), ds.y[test], ds.n_classes,
-                  ds.signed)
+    return Splits(norm(x_train), y_train, norm(x[val]), y[val], norm(x[test]), y[test], ds.n_classes, ds.signed)
+
+
+# On-device augmentation of image batches (data.augment). Each sample's draw is fixed at the start of the epoch
+# from (seed, epoch), so a run resumed mid-epoch augments the remaining batches exactly as it would have.
+AUGMENTATIONS: Registry[tuple[bool, bool]] = Registry("augmentation")  # name -> (random crop, horizontal flip)
+AUGMENTATIONS.register("none")((False, False))
+AUGMENTATIONS.register("crop")((True, False))
+AUGMENTATIONS.register("crop_flip")((True, True))
+
+
+def augment(x: torch.Tensor, shifts: torch.Tensor | None, flips: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """Random crops of the zero-padded images (zero is the mean after standardisation) and horizontal flips,
+    batched on x's device. shifts: (B, 2) offsets in [0, 2 * padding]; flips: (B,) bool."""
+    if shifts is not None:
+        b, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+        rows = (shifts[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (shifts[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    if flips is not None:
+        x = torch.where(flips[:, None, None, None], x.flip(3), x)
+    return x
 
 
 class TensorBatches:
-    """An iterable of (x, y) batches sliced from tensors; its own `sampler`, so Lightning sets its epoch."""
+    """An iterable of (x, y) batches sliced from tensors; its own `sampler`, so Lightning sets its epoch.
+    The tensors may live on the accelerator: then batches are cut and augmented there, with no transfer."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False, seed: int = 0):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment: str = "none", padding: int = 4):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
+        self.crop, self.flip = AUGMENTATIONS.get(augment, "data.augment")
+        if (self.crop or self.flip) and x.dim() != 4:
+            raise UserError(f"data.augment={augment} needs image data (N, C, H, W); got shape {tuple(x.shape)}")
+        self.padding = padding
         self.epoch = 0
         self.skip_batches = 0  # set once by a resume mid-epoch: those batches were trained before the stop
         self.batches_done = 0  # set by the preemption callback right before it saves a checkpoint
@@ -189,17 +255,23 @@ class TensorBatches:
         self.epoch, self.skip_batches = epoch, done
 
     def __iter__(self):
-        n = len(self.x)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
+        n, device = len(self.x), self.x.device
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        # drawn per position in the epoch, after the order, from the same stream: fixed by (seed, epoch)
+        shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(device) if self.crop else None
+        flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None
+        order = order.to(device)
         rank, world = _rank_and_world()
         first, self.skip_batches = self.skip_batches * self.batch_size, 0
         for start in range(first, n, self.batch_size):
-            idx = order[start:start + self.batch_size][rank::world]
-            yield self.x[idx], self.y[idx]
+            batch = slice(start, start + self.batch_size)
+            idx = order[batch][rank::world]
+            x = self.x[idx]
+            if self.crop or self.flip:
+                x = augment(x, shifts[batch][rank::world] if self.crop else None,
+                            flips[batch][rank::world] if self.flip else None, self.padding)
+            yield x, self.y[idx]
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -209,14 +281,29 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class TensorDataModule(pl.LightningDataModule):
-    def __init__(self, splits: Splits, batch_size: int, seed: int):
+    """cfg: DataConfig. With data.on_device (the default) the splits are moved to the trainer's device once, so
+    a dataset that fits in accelerator memory is never copied batch by batch."""
+
+    def __init__(self, splits: Splits, cfg, seed: int):
         super().__init__()
-        self.splits, self.batch_size, self.seed = splits, batch_size, seed
+        self.splits, self.cfg, self.seed = splits, cfg, seed
+        self._moved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = getattr(self.splits, f"x_{split}"), getattr(self.splits, f"y_{split}")
+        trainer = getattr(self, "trainer", None)
+        if not self.cfg.on_device or trainer is None:
+            return x, y
+        if split not in self._moved:
+            device = trainer.strategy.root_device
+            self._moved[split] = (x.to(device), y.to(device))
+        return self._moved[split]
 
     def train_dataloader(self):
-        s = self.splits
-        return TensorBatches(s.x_train, s.y_train, self.batch_size, shuffle=True, seed=self.seed)
+        x, y = self._tensors("train")
+        return TensorBatches(x, y, self.cfg.batch_size, shuffle=True, seed=self.seed, augment=self.cfg.augment,
+                             padding=self.cfg.crop_padding)
 
     def val_dataloader(self):
-        s = self.splits
-        return TensorBatches(s.x_val, s.y_val, max(1024, self.batch_size))
+        x, y = self._tensors("val")
+        return TensorBatches(x, y, max(1024, self.cfg.batch_size))

@@ -103,20 +103,26 @@ class MLP(nn.Module):
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
+def _n_in(in_shape: tuple[int, ...]) -> int:
+    return int(torch.Size(in_shape).numel())
+
+
 @MODELS.register("mlp")
-def build_mlp(cfg, n_in: int, n_out: int) -> nn.Module:
-    return MLP(n_in, n_out, cfg.depth, cfg.width, cfg.activation, cfg.residual, cfg.batch_norm, cfg.dropout)
+def build_mlp(cfg, in_shape: tuple[int, ...], n_out: int) -> nn.Module:
+    return MLP(_n_in(in_shape), n_out, cfg.depth, cfg.width, cfg.activation, cfg.residual, cfg.batch_norm,
+               cfg.dropout)
 
 
 @MODELS.register("linear")
-def build_linear(cfg, n_in: int, n_out: int) -> nn.Module:
+def build_linear(cfg, in_shape: tuple[int, ...], n_out: int) -> nn.Module:
     """A linear model without bias (Wilson et al. 2017's setting): w . x."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, n_out, bias=False))
+    return nn.Sequential(nn.Flatten(), nn.Linear(_n_in(in_shape), n_out, bias=False))
 
 
-def build_model(cfg, n_in: int, n_out: int) -> nn.Module:
-    """cfg: ModelConfig. Builds the named model and applies the named initialisation to every linear layer."""
-    model = MODELS.get(cfg.name, "model.name")(cfg, n_in, n_out)
+def build_model(cfg, in_shape: tuple[int, ...], n_out: int) -> nn.Module:
+    """cfg: ModelConfig; in_shape: one sample's shape. Builds the named model and applies the named
+    initialisation to every weight layer."""
+    model = MODELS.get(cfg.name, "model.name")(cfg, tuple(in_shape), n_out)
     init = INITS.get(cfg.init, "model.init")
     for layer in linear_layers(model):
         init(layer, cfg)
@@ -129,4 +135,8 @@ def linear_layers(model: nn.Module) -> list[nn.Linear]:
 
 
 def activation_modules(model: nn.Module) -> list[tuple[nn.Module, Activation]]:
-    return [(b.act, b.activation) for b in model.modules() if isinstance(b, Block)]
+    """(module, its Activation) for every block that names one (MLP and conv blocks)."""
+    return [(b.act, b.activation) for b in model.modules() if isinstance(getattr(b, "activation", None), Activation)]
+
+
+from framework import convnets  # noqa: E402,F401  (registers the conv nets in MODELS)

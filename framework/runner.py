@@ -100,6 +100,20 @@ def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def build_trainer(cfg: RunConfig, loggers: list, callbacks: list, root_dir: Path, **overrides) -> pl.Trainer:
+    """The Lightning Trainer of a run (also what `repro bench` times); overrides go to pl.Trainer as they are."""
+    t = cfg.trainer
+    kwargs = dict(
+        max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        check_val_every_n_epoch=t.val_every_n_epochs,
+        log_every_n_steps=t.log_every_n_steps, logger=loggers, callbacks=callbacks,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        num_sanity_val_steps=0, deterministic=t.deterministic, default_root_dir=str(root_dir),
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None)
+    return pl.Trainer(**{**kwargs, **overrides})
+
+
 def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False, progress=None,
           callbacks: tuple = ()) -> dict:
     """Runs cfg unless the store already holds it finished; returns its summary (with 'status').
@@ -124,7 +138,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         pl.seed_everything(cfg.seed, workers=False, verbose=False)
         splits = build_splits(cfg.data)
         module = build_module(cfg, splits)
-        datamodule = TensorDataModule(splits, cfg.data.batch_size, cfg.seed)
+        datamodule = TensorDataModule(splits, cfg.data, cfg.seed)
         diagnostics = Diagnostics(cfg.diagnostics.every_n_steps, cfg.diagnostics.saturation_threshold)
         loggers = [CSVLogger(save_dir=str(run_dir), name="", version="lightning")]
         wandb_logger = make_wandb_logger(cfg, run_id, run_dir, scale)
@@ -137,15 +151,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
                                            check_on_train_epoch_end=True))
         if task is not None:
             callbacks.append(StepProgress(progress, task))
-        t = cfg.trainer
-        trainer = pl.Trainer(
-            max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-            num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
-            gradient_clip_val=t.gradient_clip or None, check_val_every_n_epoch=t.val_every_n_epochs,
-            log_every_n_steps=t.log_every_n_steps, logger=loggers, callbacks=callbacks,
-            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-            num_sanity_val_steps=0, deterministic=t.deterministic, default_root_dir=str(run_dir),
-            plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None)
+        trainer = build_trainer(cfg, loggers, callbacks, run_dir)
         initial = module.evaluate(splits.x_train, splits.y_train)
         resume = str(checkpoint) if checkpoint.exists() else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -165,7 +171,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
             **{f"{split}_{k}": v for split, d in final.items() for k, v in d.items()},
             "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
-            "n_train": len(splits.x_train), "wall_s": round(time.time() - started, 3),
+            "n_train": len(splits.x_train), "n_test": len(splits.x_test), "wall_s": round(time.time() - started, 3),
             "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
             **diagnostics_summary(diag),
         }

@@ -1,4 +1,5 @@
 import os
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,51 @@ def repro(*args, env=None, cwd=None, timeout=600):
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run([sys.executable, "-m", "framework.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=timeout)
+
+
+# Real MNIST / Fashion-MNIST in torchvision's layout (.gz only), where the machine has them; never committed.
+SHARED_DATA = Path(os.environ.get("REPRO_TEST_DATA", ROOT.parent / "shared" / "data"))
+# where unpacked MNIST files go: one per test session, not the user's ~/.cache
+os.environ.setdefault("REPRO_CACHE", tempfile.mkdtemp(prefix="repro-cache-"))
+
+
+def shared_data(folder: str) -> Path:
+    """The shared data root when it holds `folder` (e.g. 'MNIST'); skips the test, with the reason, when not."""
+    if not (SHARED_DATA / folder / "raw" / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"no real {folder} files under {SHARED_DATA} (set REPRO_TEST_DATA to torchvision's layout)")
+    return SHARED_DATA
+
+
+def write_cifar(root: Path, name: str = "cifar10", n_train: int = 100, n_test: int = 40, seed: int = 0) -> Path:
+    """Small CIFAR-shaped data in the dataset's own on-disk format (python pickles, uint8 rows of 3x32x32), with
+    a class-dependent colour so it is learnable; no CIFAR copy is available offline. Load with data.verify=false
+    (the MD5s are not the real ones)."""
+    import pickle
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    n_classes, folder = (10, "cifar-10-batches-py") if name == "cifar10" else (100, "cifar-100-python")
+    key = "labels" if name == "cifar10" else "fine_labels"
+
+    def batch(n):
+        labels = rng.integers(0, n_classes, n)
+        data = rng.integers(0, 120, (n, 3, 32, 32)) + (labels * 97 % 136)[:, None, None, None]
+        return {"data": data.astype(np.uint8).reshape(n, -1), key: labels.tolist()}
+
+    out = root / folder
+    out.mkdir(parents=True, exist_ok=True)
+    files = ([f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", "label_names") \
+        if name == "cifar10" else (["train"], "test", "meta", "fine_label_names")
+    for f in files[0]:
+        (out / f).write_bytes(pickle.dumps(batch(n_train // len(files[0]))))
+    (out / files[1]).write_bytes(pickle.dumps(batch(n_test)))
+    (out / files[2]).write_bytes(pickle.dumps({files[3]: [f"class_{i}" for i in range(n_classes)]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar(root, "cifar10")
+    write_cifar(root, "cifar100", n_train=200)
+    return root

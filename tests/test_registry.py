@@ -8,7 +8,9 @@ from framework.data import DATASETS, build_splits
 from framework.losses import LOSSES
 from framework.models import ACTIVATIONS, INITS, MODELS
 from framework.optim import OPTIMIZERS, SCHEDULES, effective_lr, lr_factor
+from framework.module import build_module
 from framework.runner import train
+from tests.conftest import shared_data
 
 
 def _steps(cfg, store):
@@ -28,11 +30,34 @@ def test_inits(init, tiny, store):
     _steps(tiny(model__init=init, model__init_value=0.1), store)
 
 
-@pytest.mark.parametrize("model", MODELS.names())
+CONV = ("convnet", "cnn5", "resnet18", "vgg")
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS.names() if m not in CONV])
 @pytest.mark.parametrize("arch", [{}, {"model.residual": True}, {"model.batch_norm": True},
                                   {"model.dropout": 0.3}, {"model.depth": 0}])
 def test_models(model, arch, tiny, store):
     _steps(tiny(model__name=model, **{k.replace(".", "__"): v for k, v in arch.items()}), store)
+
+
+@pytest.mark.parametrize("model", CONV)
+def test_conv_models(model, tiny, store, cifar_root):
+    """Each conv net takes real steps on CIFAR-shaped images, with on-device augmentation and channels_last."""
+    arch = {"model.depth": 11} if model == "vgg" else {"model.depth": 4, "model.residual": True,
+                                                        "model.batch_norm": True}
+    cfg = tiny(model__name=model, model__width=4, data__name="cifar10", data__root=str(cifar_root),
+               data__verify=False, data__augment="crop_flip", trainer__channels_last=True,
+               **{k.replace(".", "__"): v for k, v in arch.items()})
+    summary = _steps(cfg, store)
+    diag = store.read_frame("test", summary["run_id"], "diagnostics.csv")
+    assert diag["layer"].nunique() == len([m for m in build_module(cfg).net.modules()
+                                           if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+
+
+def test_conv_model_on_flat_data_names_the_problem(tiny):
+    from framework.registry import UserError
+    with pytest.raises(UserError, match=r"model.name=cnn5 needs images .* shape \(6,\)"):
+        build_module(tiny(model__name="cnn5"))
 
 
 @pytest.mark.parametrize("loss", LOSSES.names())
@@ -50,13 +75,28 @@ def test_schedules(schedule, tiny, store):
     _steps(tiny(schedule__name=schedule, schedule__warmup_epochs=0.5), store)
 
 
+IMAGES = {"mnist": (70000, "MNIST"), "fashion_mnist": (70000, "FashionMNIST"), "cifar10": (140, None),
+          "cifar100": (240, None)}
+
+
 @pytest.mark.parametrize("dataset", DATASETS.names())
-def test_datasets(dataset, tiny, store):
+def test_datasets(dataset, tiny, store, cifar_root):
     loss = "mse" if dataset in ("regression1d", "wilson") else "cross_entropy"
-    cfg = tiny(data__name=dataset, loss__name=loss)
+    extra = {}
+    if dataset in IMAGES:
+        n, folder = IMAGES[dataset]
+        root = shared_data(folder) if folder else cifar_root
+        n_train = 300 if folder else 50
+        extra = {"data__root": str(root), "data__verify": folder is not None, "data__n_train": n_train}
+    cfg = tiny(data__name=dataset, loss__name=loss, **extra)
     splits = build_splits(cfg.data)
-    assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == (1797 if dataset == "digits" else 240)
-    assert splits.x_train.shape[1] == splits.n_features
+    if dataset in IMAGES:  # the official test split is kept whole; validation comes out of the training pool
+        assert len(splits.x_test) == {"mnist": 10000, "fashion_mnist": 10000}.get(dataset, 40)
+        assert splits.x_train.shape[1:] == ((1, 28, 28) if folder else (3, 32, 32))
+        assert len(splits.x_train) == n_train and splits.n_classes == (100 if dataset == "cifar100" else 10)
+    else:
+        assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == (1797 if dataset == "digits" else 240)
+    assert splits.x_train[0].numel() == splits.n_features
     _steps(cfg, store)
 
 
