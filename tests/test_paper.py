@@ -1,0 +1,151 @@
+"""Paper scale: real image datasets, the papers' models, every recipe's `paper` scale, on-device augmentation,
+and `repro bench`. MNIST tests read the real files from ../shared/data (skipped, with the reason, without them);
+CIFAR code paths run on small CIFAR-shaped data written in CIFAR's own on-disk format."""
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from experiments import RECIPES
+from framework.config import flatten, to_dict
+from framework.data import TensorBatches, augment, build_splits, class_count
+from framework.module import build_module
+from framework.runner import build_trainer, train
+from tests.conftest import repro, shared_data
+
+
+@pytest.mark.parametrize("name", RECIPES.names())
+def test_paper_scale_validates_and_builds(name, cifar_root, tmp_path):
+    """Every paper-scale config validates, builds its model and data module, and maps a batch of the right
+    shape to one output per class; the Trainer it asks for (precision, accelerator) constructs."""
+    runs = RECIPES.get(name)().runs("paper", {"data.root": str(cifar_root), "data.verify": False})
+    assert runs, name
+    seen = set()
+    for run in runs:
+        cfg = run.cfg
+        key = json.dumps({k: v for k, v in flatten(to_dict(cfg)).items()
+                          if k.startswith(("model.", "data.name", "data.augment"))}, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        splits = build_splits(cfg.data)
+        module = build_module(cfg, splits)
+        if cfg.data.name == "cifar10":
+            assert splits.in_shape == (3, 32, 32)
+        batches = TensorBatches(splits.x_train, splits.y_train, min(cfg.data.batch_size, 8), shuffle=True,
+                                augment=cfg.data.augment, padding=cfg.data.crop_padding)
+        x, y = next(iter(batches))
+        assert x.shape[1:] == splits.x_train.shape[1:]
+        module.eval()
+        with torch.no_grad():
+            out = module(x)
+        n_out = class_count(cfg.data.name, cfg.data.n_classes) if splits.n_classes else 1
+        assert out.shape == (len(x), n_out), (run.cfg.variant, out.shape)
+        build_trainer(cfg, [], [], tmp_path)
+
+
+def test_paper_scales_use_the_papers_settings():
+    dd = RECIPES.get("double_descent")().runs("paper")
+    assert {r.cfg.model.name for r in dd} == {"resnet18"} and max(r.cfg.model.width for r in dd) == 64
+    assert {r.cfg.data.label_noise for r in dd} == {0.15} and dd[0].cfg.trainer.max_epochs == 4000
+    lr = RECIPES.get("lr_scaling")().runs("paper")
+    rule = [r for r in lr if r.axes["rule"] == "linear_warmup"]
+    assert {r.cfg.optim.lr * r.cfg.data.batch_size / r.cfg.optim.base_batch_size for r in rule if
+            r.cfg.data.batch_size == 256} == {0.1} and rule[0].cfg.schedule.warmup_epochs == 5
+    avs = RECIPES.get("adam_vs_sgd")().runs("paper")
+    assert {r.cfg.model.name for r in avs if r.axes["problem"] == "cifar10"} == {"vgg"}
+
+
+def test_mnist_paper_recipe_trains_on_the_real_files(tmp_path):
+    """`repro run` at paper scale on real MNIST: a ResNet-18 of width 2 takes a few steps and is tested on
+    the official 10,000 test images."""
+    root = shared_data("MNIST")
+    r = repro("run", "double_descent", "--scale", "paper", "data.name=mnist", f"data.root={root}",
+              "data.n_train=256", "trainer.max_steps=3", "grid.model.width=[2]", "tracking.mode=disabled",
+              "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = pd.read_csv(tmp_path / "reports" / "double_descent" / "runs.csv")
+    row = runs.iloc[0]
+    assert row["status"] == "done" and row["steps"] == 3 and row["n_train"] == 256 and row["n_test"] == 10000
+    assert 0.0 <= row["test_error"] <= 1.0 and row["cfg.model.name"] == "resnet18"
+
+
+def test_fashion_mnist_conv_net_trains(tiny, store):
+    root = shared_data("FashionMNIST")
+    cfg = tiny(data__name="fashion_mnist", data__root=str(root), data__n_train=512, data__batch_size=64,
+               data__augment="crop", model__name="cnn5", model__width=4, trainer__max_steps=6,
+               optim__name="adam", optim__lr=0.01)
+    summary = train(cfg, store)
+    assert summary["status"] == "done" and summary["steps"] == 6 and summary["n_test"] == 10000
+    assert summary["train_loss"] < summary["initial_train_loss"]
+
+
+def test_missing_dataset_names_the_expected_files(tmp_path):
+    r = repro("run", "random_labels", "--scale", "paper", f"data.root={tmp_path / 'empty'}", "data.download=false",
+              "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"))
+    assert r.returncode == 2
+    assert "cifar-10-batches-py" in r.stderr and "data_batch_1" in r.stderr and "data.download=false" in r.stderr
+    assert "Traceback" not in r.stderr
+    status = json.loads(next((tmp_path / "runs" / "random_labels").glob("*/status.json")).read_text())
+    assert status["status"] == "failed" and "data_batch_1" in status["error"]
+
+
+def test_checksum_mismatch_is_reported(tiny, cifar_root):
+    from framework.registry import UserError
+    cfg = tiny(data__name="cifar10", data__root=str(cifar_root), data__download=False)
+    with pytest.raises(UserError, match="MD5 check .* data.verify=false"):
+        build_splits(cfg.data)
+
+
+def test_where_the_data_lives_is_not_part_of_a_runs_identity(tiny):
+    from framework.config import config_hash
+    a = tiny(data__name="cifar10", data__root="/a")
+    b = tiny(data__name="cifar10", data__root="/b", data__download=False, data__verify=False, data__on_device=False)
+    assert config_hash(a) == config_hash(b) != config_hash(tiny(data__name="cifar10", data__augment="crop"))
+
+
+def test_crop_and_flip():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    centred = augment(x, torch.tensor([[2, 2], [2, 2]]), None, padding=2)
+    assert torch.equal(centred, x)
+    corner = augment(x, torch.tensor([[0, 0], [4, 4]]), None, padding=2)
+    assert torch.equal(corner[0, :, 2:, 2:], x[0, :, :2, :2]) and corner[0, :, :2].abs().sum() == 0
+    assert torch.equal(corner[1, :, :2, :2], x[1, :, 2:, 2:]) and corner[1, :, 2:].abs().sum() == 0
+    flipped = augment(x, None, torch.tensor([True, False]), padding=2)
+    assert torch.equal(flipped[0], x[0].flip(2)) and torch.equal(flipped[1], x[1])
+
+
+def test_augmentation_is_fixed_by_seed_and_epoch_and_survives_a_resume():
+    x, y = torch.randn(50, 3, 8, 8), torch.arange(50)
+    make = lambda: TensorBatches(x, y, 8, shuffle=True, seed=3, augment="crop_flip", padding=2)  # noqa: E731
+    a, b = make(), make()
+    a.set_epoch(1), b.set_epoch(1)
+    first, second = list(a), list(b)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(first, second))
+    b.set_epoch(2)
+    assert not torch.equal(first[0][0], next(iter(b))[0])
+    resumed = make()
+    resumed.load_state_dict({"epoch": 1, "batches_done": 3})
+    rest = list(resumed)
+    assert len(rest) == len(first) - 3
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(first[3:], rest))
+    assert not all(torch.equal(xb, x[yb]) for xb, yb in first)  # it did augment
+
+
+def test_bench_prints_ratios_and_records_them(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    r = repro("bench", "--size", "small", "--record", str(out), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for case in ("deep_mlp_50x10", "wide_mlp_2x2048", "resnet18_cifar"):
+        line = next(ln for ln in r.stdout.splitlines() if case in ln)
+        ratio = float(re.search(r"(\d+\.\d+) \((\d+\.\d+)-(\d+\.\d+)\)", line).group(1))
+        assert 0.05 < ratio < 20, line
+    table = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and "case" not in ln]
+    assert len(table) == 3 and all(re.search(r"\| \d+\.\d\d \(", ln) for ln in table)
+
+
+def test_bench_rejects_an_unknown_case():
+    r = repro("bench", "--case", "resnet50")
+    assert r.returncode == 2 and "unknown case 'resnet50'" in r.stderr
