@@ -33,6 +33,7 @@ class Case:
     in_shape: tuple[int, ...]
     overrides: dict
     n_samples: dict = field(default_factory=lambda: {"small": 2048, "full": 8192})
+    full_on_cpu: dict = field(default_factory=dict)  # fewer steps where a step takes seconds on a CPU
 
 
 CASES = [
@@ -41,7 +42,7 @@ CASES = [
     Case("wide_mlp_2x2048", (784,), {"model.name": "mlp", "model.depth": 2, "model.width": 2048,
                                       "data.batch_size": 256}),
     Case("resnet18_cifar", (3, 32, 32), {"model.name": "resnet18", "model.width": 64, "data.batch_size": 128},
-         {"small": 256, "full": 4096}),
+         {"small": 256, "full": 4096}, full_on_cpu={"steps": 6, "warmup": 2, "repeats": 3}),
 ]
 # small: CI on 2 CPU cores (seconds per case); full: the figures in reports/benchmarks.md
 SIZES = {"small": {"steps": 30, "warmup": 5, "repeats": 3, "resnet_width": 8},
@@ -150,19 +151,22 @@ def run(size: str = "small", device: str | None = None, cases: list[str] | None 
         report=print) -> list[dict]:
     """Benchmarks the chosen cases; returns one row per case (samples/s of each side and their ratio)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = SIZES[size]
     torch.backends.cudnn.benchmark = False  # as the runs have it (trainer.deterministic)
     rows = []
     for case in CASES:
         if cases and case.name not in cases:
             continue
+        settings = SIZES[size]
+        if size == "full" and device == "cpu":
+            settings = {**SIZES[size], **case.full_on_cpu}
         cfg = _config(case, size, device, extra or {})
         splits = _splits(case, case.n_samples[size], device)
         ours, plain = [], []
         for _ in range(settings["repeats"]):  # alternate, so drift in machine load hits both sides alike
             plain.append(plain_rate(cfg, splits, settings["steps"], settings["warmup"], device))
             ours.append(framework_rate(cfg, splits, settings["steps"], settings["warmup"]))
-        row = {"case": case.name, "device": device, "batch": cfg.data.batch_size,
+        row = {"case": case.name, "device": device, "batch": cfg.data.batch_size, "steps": settings["steps"],
+               "repeats": settings["repeats"],
                "params": sum(p.numel() for p in build_module(cfg, splits).net.parameters()),
                "plain_samples_s": statistics.median(plain), "framework_samples_s": statistics.median(ours),
                # the median of adjacent pairs' ratios: robust to the load drifting between pairs
@@ -235,10 +239,12 @@ def record(path: Path, rows: list[dict], epoch: dict | None, size: str, extra: d
              + (f", {' '.join(f'{k}={v}' for k, v in extra.items())}" if extra else "") + "\n",
              f"torch {torch.__version__}, pytorch-lightning {pl.__version__}; `repro bench --size {size}"
              + (" --epoch" if epoch else "") + "`\n",
-             "| case | batch | params | plain samples/s | framework samples/s | framework / plain (range) |",
-             "|---|---|---|---|---|---|"]
+             "| case | batch | params | timed steps x repeats | plain samples/s | framework samples/s | "
+             "framework / plain (range) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['batch']} | {r['params']:,} | {r['plain_samples_s']:,.0f} | "
+        lines.append(f"| {r['case']} | {r['batch']} | {r['params']:,} | {r['steps']} x {r['repeats']} | "
+                     f"{r['plain_samples_s']:,.0f} | "
                      f"{r['framework_samples_s']:,.0f} | {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
     if epoch:
         lines.append(f"\nResNet-18 (k=64), {epoch['data']}, batch 128, crop+flip on the device: "
