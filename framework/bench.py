@@ -231,14 +231,16 @@ def resnet18_epoch(device: str | None = None, extra: dict | None = None, epochs:
             "samples_s": len(splits.x_train) / seconds, "overrides": extra or {}}
 
 
-def record(path: Path, rows: list[dict], epoch: dict | None, size: str, extra: dict) -> None:
+def record(path: Path, rows: list[dict], epoch: dict | None, size: str, extra: dict,
+           cases: list[str] | None = None) -> None:
     """Appends a dated markdown section with the table (and the epoch time) to `path`."""
     import datetime
     device = rows[0]["device"] if rows else (epoch or {}).get("device", "cpu")
     lines = [f"\n## {datetime.date.today().isoformat()}: {device_name(device)}, size {size}"
              + (f", {' '.join(f'{k}={v}' for k, v in extra.items())}" if extra else "") + "\n",
              f"torch {torch.__version__}, pytorch-lightning {pl.__version__}; `repro bench --size {size}"
-             + (" --epoch" if epoch else "") + "`\n",
+             + "".join(f" --case {r['case']}" for r in rows if cases) + (" --epoch" if epoch else "")
+             + "".join(f" {k}={v}" for k, v in extra.items()) + "`\n",
              "| case | batch | params | timed steps x repeats | plain samples/s | framework samples/s | "
              "framework / plain (range) |",
              "|---|---|---|---|---|---|---|"]

@@ -231,7 +231,7 @@ def bench(
             console.print(f"ResNet-18 (k=64) on {epoch_row['data']}: {epoch_row['seconds_per_epoch']:.1f} s per "
                           f"epoch ({epoch_row['samples_s']:,.0f} samples/s) on {epoch_row['device_name']}")
         if record is not None:
-            benchmark.record(record, rows, epoch_row, size, extra)
+            benchmark.record(record, rows, epoch_row, size, extra, case or None)
             console.print(f"appended to {record}")
     except UserError as e:
         _fail(e)

@@ -31,7 +31,7 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|exists and is not empty|"
                                               r"LeafSpec|Checkpoint directory|number of training batches|"
-                                              r"isinstance\(treespec, LeafSpec\)).*")
+                                              r"isinstance\(treespec, LeafSpec\)|The `srun` command is available).*")
 
 
 class StepProgress(pl.Callback):
