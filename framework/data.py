@@ -1,8 +1,10 @@
 """Datasets as in-memory tensors, a fixed train/val/test split, and batches cut from the tensors.
 
-Batches are index slices of tensors already in memory (no per-sample DataLoader cost). The shuffle order is a
-function of (run seed, epoch) only; Lightning sets the epoch through `.sampler.set_epoch`, so a resumed run
-sees the same order as an uninterrupted one. Under DDP each rank takes its share of every global batch.
+Batches are index slices of tensors already in memory (no per-sample DataLoader cost), on the accelerator
+when the run has one (data.on_device), where image batches are also augmented. The shuffle order and the
+augmentation draws are a function of (run seed, epoch) only; Lightning sets the epoch through
+`.sampler.set_epoch`, so a resumed run sees the same batches as an uninterrupted one. Under DDP each rank
+takes its share of every global batch. Image datasets come from framework/vision.py (torchvision).
 """
 from __future__ import annotations
 

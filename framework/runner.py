@@ -152,12 +152,16 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         if task is not None:
             callbacks.append(StepProgress(progress, task))
         trainer = build_trainer(cfg, loggers, callbacks, run_dir)
-        initial = module.evaluate(splits.x_train, splits.y_train)
+        # whole-split evaluations run on the run's device (Lightning moves the module back to the CPU at the end
+        # of fit): a CIFAR-sized split on a CPU would take minutes
+        device = trainer.strategy.root_device
+        initial = module.to(device).evaluate(splits.x_train, splits.y_train)
         resume = str(checkpoint) if checkpoint.exists() else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if trainer.global_rank != 0:
             return {"status": "done", "rank": trainer.global_rank}
 
+        module.to(device)
         final = {split: module.evaluate(x, y) for split, (x, y) in {
             "train": (splits.x_train, splits.y_train), "val": (splits.x_val, splits.y_val),
             "test": (splits.x_test, splits.y_test)}.items() if len(x)}
