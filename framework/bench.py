@@ -49,17 +49,22 @@ SIZES = {"small": {"steps": 30, "warmup": 5, "repeats": 3, "resnet_width": 8},
          "full": {"steps": 200, "warmup": 20, "repeats": 7, "resnet_width": 64}}
 
 
+def _bench_config(device: str, overrides: dict) -> RunConfig:
+    """A run config for timing: no validation, no W&B, SGD with momentum, on `device`."""
+    return apply(RunConfig(), {
+        "experiment": "bench", "data.val_fraction": 0.0, "optim.name": "momentum", "optim.lr": 0.01,
+        "trainer.accelerator": "gpu" if device == "cuda" else "cpu", "trainer.val_every_n_epochs": 10**6,
+        "tracking.mode": "disabled", **overrides})
+
+
 def _config(case: Case, size: str, device: str, extra: dict) -> RunConfig:
     over = dict(case.overrides)
     if case.name.startswith("resnet18"):
         over["model.width"] = SIZES[size]["resnet_width"]
-    return apply(RunConfig(), {
-        "experiment": "bench", "data.val_fraction": 0.0, "optim.name": "momentum", "optim.lr": 0.01,
-        "trainer.accelerator": "gpu" if device == "cuda" else "cpu", "trainer.val_every_n_epochs": 10**6,
-        "tracking.mode": "disabled", **over, **extra})
+    return _bench_config(device, {**over, **extra})
 
 
-def _splits(case: Case, n: int, device: str) -> Splits:
+def _splits(case: Case, n: int) -> Splits:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *case.in_shape, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
@@ -89,21 +94,27 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def framework_rate(cfg: RunConfig, splits: Splits, steps: int, warmup: int) -> float:
-    """Samples per second of the framework's training step (the Trainer `repro run` uses)."""
+def _fit(cfg: RunConfig, splits: Splits, clock: pl.Callback, **overrides) -> None:
+    """A fit as `repro run` does it (the run's Trainer, callbacks and CSV logger) in a scratch directory, with
+    `clock` first among the callbacks and validation off."""
     from framework.runner import build_trainer, quiet_lightning
     from pytorch_lightning.loggers import CSVLogger
     quiet_lightning()
     pl.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg, splits)
-    clock = _Clock(warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        callbacks = [Preemption(Path(tmp) / "checkpoint.ckpt"), clock]
+        callbacks = [clock, Preemption(Path(tmp) / "checkpoint.ckpt")]
         if cfg.diagnostics.enabled:
             callbacks.append(Diagnostics(cfg.diagnostics.every_n_steps, cfg.diagnostics.saturation_threshold))
         trainer = build_trainer(cfg, [CSVLogger(tmp, name="", version="bench")], callbacks, Path(tmp),
-                                max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0)
+                                limit_val_batches=0, **overrides)
         trainer.fit(module, datamodule=TensorDataModule(splits, cfg.data, cfg.seed))
+
+
+def framework_rate(cfg: RunConfig, splits: Splits, steps: int, warmup: int) -> float:
+    """Samples per second of the framework's training step (the Trainer `repro run` uses)."""
+    clock = _Clock(warmup)
+    _fit(cfg, splits, clock, max_steps=warmup + steps, max_epochs=-1)
     return clock.steps * cfg.data.batch_size / (clock.end - clock.start)
 
 
@@ -160,7 +171,7 @@ def run(size: str = "small", device: str | None = None, cases: list[str] | None 
         if size == "full" and device == "cpu":
             settings = {**SIZES[size], **case.full_on_cpu}
         cfg = _config(case, size, device, extra or {})
-        splits = _splits(case, case.n_samples[size], device)
+        splits = _splits(case, case.n_samples[size])
         ours, plain = [], []
         for _ in range(settings["repeats"]):  # alternate, so drift in machine load hits both sides alike
             plain.append(plain_rate(cfg, splits, settings["steps"], settings["warmup"], device))
@@ -190,14 +201,9 @@ def resnet18_epoch(device: str | None = None, extra: dict | None = None, epochs:
     `repro run` trains it; the first epoch (allocation, cudnn autotuning, compilation) is not counted."""
     from framework.data import build_splits
     from framework.registry import UserError
-    from framework.runner import build_trainer, quiet_lightning
-    from pytorch_lightning.loggers import CSVLogger
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = apply(RunConfig(), {
-        "experiment": "bench", "data.name": "cifar10", "data.val_fraction": 0.0, "data.augment": "crop_flip",
-        "data.batch_size": 128, "model.name": "resnet18", "model.width": 64, "optim.name": "momentum",
-        "trainer.accelerator": "gpu" if device == "cuda" else "cpu", "trainer.val_every_n_epochs": 10**6,
-        "tracking.mode": "disabled", **(extra or {})})
+    cfg = _bench_config(device, {"data.name": "cifar10", "data.augment": "crop_flip", "data.batch_size": 128,
+                                 "model.name": "resnet18", "model.width": 64, **(extra or {})})
     try:
         splits, data = build_splits(cfg.data), "CIFAR-10"
     except UserError:
@@ -217,14 +223,8 @@ def resnet18_epoch(device: str | None = None, extra: dict | None = None, epochs:
             _sync(pl_module.device)
             self.marks.append(time.perf_counter())
 
-    quiet_lightning()
     clock = EpochClock()
-    with tempfile.TemporaryDirectory() as tmp:
-        callbacks = [clock, Preemption(Path(tmp) / "checkpoint.ckpt"),
-                     Diagnostics(cfg.diagnostics.every_n_steps, cfg.diagnostics.saturation_threshold)]
-        trainer = build_trainer(cfg, [CSVLogger(tmp, name="", version="bench")], callbacks, Path(tmp),
-                                max_epochs=epochs + 1, max_steps=-1, limit_val_batches=0)
-        trainer.fit(build_module(cfg, splits), datamodule=TensorDataModule(splits, cfg.data, cfg.seed))
+    _fit(cfg, splits, clock, max_epochs=epochs + 1, max_steps=-1)
     laps = [b - a for a, b in zip(clock.marks[1:-1], clock.marks[2:])]
     seconds = statistics.median(laps)
     return {"data": data, "device": device, "device_name": device_name(device), "seconds_per_epoch": seconds,

@@ -42,17 +42,21 @@ class ConvBlock(nn.Module):
         return x + h if self.residual else h
 
 
-class Head(nn.Module):
-    """Global average (or max) pooling, then a linear classifier. Pooling by mean/amax rather than nn.Adaptive*Pool:
+class GlobalPool(nn.Module):
+    """Global average (or max) pooling to one value per channel. By mean/amax rather than nn.Adaptive*Pool:
     their CUDA backward has no deterministic implementation, and trainer.deterministic is on by default."""
 
-    def __init__(self, channels: int, n_out: int, pool: str = "avg"):
+    def __init__(self, pool: str = "avg"):
         super().__init__()
         self.pool = pool
-        self.linear = nn.Linear(channels, n_out)
 
     def forward(self, x):
-        return self.linear(x.mean((2, 3)) if self.pool == "avg" else x.amax((2, 3)))
+        return x.mean((2, 3)) if self.pool == "avg" else x.amax((2, 3))
+
+
+def head(channels: int, n_out: int, pool: str = "avg") -> nn.Module:
+    """Global pooling, then a linear classifier."""
+    return nn.Sequential(GlobalPool(pool), nn.Linear(channels, n_out))
 
 
 @MODELS.register("convnet")
@@ -68,7 +72,7 @@ def build_convnet(cfg, in_shape, n_out):
             c_out, stride = k * 2 ** stage, 2 if (stage and i == 0) else 1
             layers.append(ConvBlock(c_in, c_out, stride, cfg.activation, cfg.batch_norm, cfg.dropout, cfg.residual))
             c_in = c_out
-    return nn.Sequential(*layers, Head(c_in, n_out))
+    return nn.Sequential(*layers, head(c_in, n_out))
 
 
 @MODELS.register("cnn5")
@@ -79,7 +83,7 @@ def build_cnn5(cfg, in_shape, n_out):
     k, act = cfg.width, cfg.activation
     return nn.Sequential(
         ConvBlock(c, k, 1, act), ConvBlock(k, 2 * k, 1, act), nn.MaxPool2d(2), ConvBlock(2 * k, 4 * k, 1, act),
-        nn.MaxPool2d(2), ConvBlock(4 * k, 8 * k, 1, act), nn.MaxPool2d(2), Head(8 * k, n_out, pool="max"))
+        nn.MaxPool2d(2), ConvBlock(4 * k, 8 * k, 1, act), nn.MaxPool2d(2), head(8 * k, n_out, pool="max"))
 
 
 class PreActBlock(nn.Module):
@@ -109,7 +113,7 @@ def build_resnet18(cfg, in_shape, n_out):
         for i in range(2):
             layers.append(PreActBlock(c_in, k * 2 ** stage, stride if i == 0 else 1))
             c_in = k * 2 ** stage
-    return nn.Sequential(*layers, Head(c_in, n_out))
+    return nn.Sequential(*layers, head(c_in, n_out))
 
 
 VGG_LAYERS = {  # channels per conv in units of k/64, 0 = 2x2 max-pool (Simonyan & Zisserman 2015, Table 1)
@@ -139,10 +143,5 @@ def build_vgg(cfg, in_shape, n_out):
         layers.append(ConvBlock(c_in, units * k, 1, cfg.activation))
         c_in = units * k
     p = cfg.dropout
-    return nn.Sequential(*layers, GlobalAvgPool(), nn.Dropout(p), nn.Linear(c_in, c_in), nn.BatchNorm1d(c_in),
+    return nn.Sequential(*layers, GlobalPool(), nn.Dropout(p), nn.Linear(c_in, c_in), nn.BatchNorm1d(c_in),
                          nn.ReLU(), nn.Dropout(p), nn.Linear(c_in, n_out))
-
-
-class GlobalAvgPool(nn.Module):
-    def forward(self, x):
-        return x.mean((2, 3))

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from framework.registry import Registry, UserError
+from framework.vision import SOURCES, load
 
 
 @dataclass
@@ -111,20 +112,21 @@ def wilson(cfg, rng) -> Dataset:
 
 def _vision(name: str):
     def build(cfg, rng) -> Dataset:
-        from framework.vision import load
         x_train, y_train, x_test, y_test, n_classes = load(name, cfg.root, cfg.download, cfg.verify)
         return Dataset(x_train.float() / 255, y_train, n_classes, x_test=x_test.float() / 255, y_test=y_test)
     build.__doc__ = f"torchvision's {name} under data.root (official train/test split, pixels in [0, 1])."
     return build
 
 
-for _name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+for _name in SOURCES:
     DATASETS.register(_name)(_vision(_name))
 
 
 def class_count(name: str, n_classes: int) -> int:
     """Classes of a dataset by name without loading it (data.n_classes is the synthetic datasets' setting)."""
-    return {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}.get(name, int(n_classes))
+    if name in SOURCES:
+        return SOURCES[name].n_classes
+    return 10 if name == "digits" else int(n_classes)
 
 
 # Input corruptions of Zhang et al. 2017, Sec. 2, applied to every split before standardisation.

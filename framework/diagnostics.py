@@ -47,13 +47,11 @@ class Diagnostics(pl.Callback):
         step = trainer.global_step
         # every norm and saturation of the step in one read from the device: per-value reads cost a 50-layer
         # net about a millisecond per measured step
-        nan = torch.tensor(float("nan"), device=pl_module.device)
-        grads = [layer.weight.grad for layer in self._layers]
-        grad_norms = iter(torch._foreach_norm([g for g in grads if g is not None]) if any(
-            g is not None for g in grads) else [])
-        values = torch.stack([next(grad_norms) if g is not None else nan for g in grads]
-                             + list(torch._foreach_norm([layer.weight.detach() for layer in self._layers]))
-                             + [self._saturation[i].to(nan.device) for i in sorted(self._saturation)]).tolist()
+        nan = torch.tensor(float("nan"), device=pl_module.device)  # the norm of a layer without a gradient
+        grads = [nan if layer.weight.grad is None else layer.weight.grad for layer in self._layers]
+        weights = [layer.weight.detach() for layer in self._layers]
+        values = torch.stack([*torch._foreach_norm(grads), *torch._foreach_norm(weights),
+                              *(self._saturation[i] for i in sorted(self._saturation))]).tolist()
         n = len(self._layers)
         grad_norm, weight_norm = values[:n], values[n:2 * n]
         saturation = dict(zip(sorted(self._saturation), values[2 * n:]))
