@@ -1,4 +1,12 @@
-"""The `repro` command line."""
+"""The `repro` command line.
+
+Exit codes, for every command:
+  0    everything asked for finished (a run that diverged is a result, not a failure)
+  1    one or more runs failed (each is printed with its one-line error; the others are stored)
+  2    bad input: a config key or value, a recipe YAML, a damaged store file, a changed default (one line)
+  130  Ctrl-C, 143 SIGTERM, 138 SIGUSR1 outside SLURM: the run was checkpointed and left `pending` (rerun to
+       resume), or, stopped before training, recorded `failed: interrupted` / `failed: terminated`
+"""
 from __future__ import annotations
 
 import os
@@ -33,9 +41,19 @@ def _names(experiment: str) -> list[str]:
     return names
 
 
+EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
 def _fail(e: Exception):
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _stopped(e) -> None:
+    """A stop signal: one line, no traceback, exit 128 + the signal's number."""
+    err.print(f"[bold yellow]stopped:[/] {escape(str(e))}; rerun the same command to resume", highlight=False,
+              soft_wrap=True)
+    raise typer.Exit(128 + e.signum)
 
 
 def _fmt(v) -> str:
@@ -68,6 +86,7 @@ def run(
     reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")), help="verdicts and figures"),
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
+    from framework.preemption import Stop
     from framework.recipe import run_suite
     from framework.store import RunStore
     try:
@@ -77,13 +96,27 @@ def run(
             recipe = recipes.get(name)()
             verdicts.append(run_suite(recipe, scale, overrides or [], RunStore(runs_dir), reports_dir, force, console))
             if verdicts[-1]["claims"]:
-                console.print(f"wrote {reports_dir / name}/verdict.json and figures "
-                          f"({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); runs: {verdicts[-1]['runs']}")
+                console.print(f"wrote {recipe.report_dir(reports_dir, verdicts[-1]['scale'])}/verdict.json and figures "
+                              f"({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); runs: {verdicts[-1]['runs']}")
         from framework.runner import is_lead_process
         if is_lead_process():
             print_verdicts(verdicts)
     except UserError as e:
         _fail(e)
+    except Stop as e:
+        _stopped(e)
+    failed = [(v["experiment"], f) for v in verdicts for f in v.get("failed", [])]
+    for name, f in failed:
+        err.print(escape(f"failed: {name}/{f['run_id']} ({f['variant']}): {_one_line(f['error'])}"),
+                  highlight=False, soft_wrap=True)
+    if failed:
+        err.print(f"{len(failed)} runs failed (retried on the next launch); exit status {EXIT_RUNS_FAILED}")
+        raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+def _one_line(text) -> str:
+    lines = [line for line in str(text or "").splitlines() if line.strip()]
+    return lines[0][:300] if lines else "unknown error"
 
 
 @app.command()
@@ -152,18 +185,20 @@ def report(
         recipes, names = _recipes(), _names(experiment)
         verdicts = []
         for name in names:
-            verdict = report_one(recipes.get(name)(), scale, RunStore(runs_dir), reports_dir, source, overrides or [])
+            recipe = recipes.get(name)()
+            verdict = report_one(recipe, scale, RunStore(runs_dir), reports_dir, source, overrides or [])
             verdicts.append(verdict)
+            outdir = recipe.report_dir(reports_dir, verdict["scale"])
             if wandb_run:
-                log_report_run(verdict, reports_dir / name)
-            console.print(f"wrote {reports_dir / name}/index.html ({len(verdict['figures']) // 2} figures)")
+                log_report_run(verdict, outdir)
+            console.print(f"wrote {outdir}/index.html ({len(verdict['figures']) // 2} figures)")
         if experiment == "all" or (reports_dir / "index.html").exists():
             known = {v["experiment"]: v for v in verdicts}
-            for name in recipes.names():  # keep the other recipes' rows in the overall index
-                path = reports_dir / name / "verdict.json"
+            for name in recipes.names():  # keep the other recipes' rows (their default scale) in the overall index
+                path = recipes.get(name)().report_dir(reports_dir) / "verdict.json"
                 if name not in known and path.exists():
-                    import json
-                    known[name] = json.loads(path.read_text())
+                    from framework.store import read_json_file
+                    known[name] = read_json_file(path)
             console.print(f"wrote {write_index([known[n] for n in recipes.names() if n in known], reports_dir)}")
         print_verdicts(verdicts)
     except UserError as e:
@@ -252,12 +287,22 @@ def list_recipes():
         table = Table(show_lines=True)
         for col in ("experiment", "phenomenon", "claims", "papers", "scales"):
             table.add_column(col, overflow="fold")
+        broken = []
         for name in recipes.names():
             r = recipes.get(name)()
             doc = (sys.modules[type(r).__module__].__doc__ or "")
             claims = "\n".join(line.strip() for line in doc.splitlines() if line[:2].strip().rstrip(".").isdigit())
-            table.add_row(name, r.title, claims, "; ".join(r.papers), ", ".join(r.scales()))
+            try:
+                scales = ", ".join(r.scales())
+            except UserError as e:  # one broken YAML costs its own row, not the list
+                scales = "[red]broken config[/]"
+                broken.append(str(e))
+            table.add_row(name, r.title, claims, "; ".join(r.papers), scales)
         console.print(table)
+        for message in broken:
+            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        if broken:
+            raise typer.Exit(EXIT_BAD_INPUT)
     except UserError as e:
         _fail(e)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,11 +20,14 @@ from string import Template
 
 import yaml
 
-from framework.config import from_dict, to_dict
+from framework.config import config_hash, from_dict, to_dict
+from framework.preemption import slurm_job_id
 from framework.registry import UserError, suggest
-from framework.store import RunStore, atomic_write
+from framework.store import RunStore, atomic_write, describe_owner
 
-SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+from framework.resources import resource_dir
+
+SLURM_DIR = resource_dir("slurm")
 PROFILE_KEYS = {"partition", "account", "time", "gpus_per_task", "cpus_per_task", "mem", "pack", "max_parallel",
                 "signal_seconds", "setup"}
 
@@ -59,19 +64,50 @@ def render(runs, experiment: str, profile: dict, job_dir: Path) -> str:
         max_parallel=profile.get("max_parallel", 8), log_dir=job_dir / "logs", time=profile.get("time", "01:00:00"),
         nodes=trainer.num_nodes, tasks_per_node=tasks_per_node, cpus_per_task=profile.get("cpus_per_task", 1),
         mem=profile.get("mem", "2G"), signal_seconds=profile.get("signal_seconds", 60),
-        extra_directives="\n".join(extra), workdir=Path.cwd(), setup=profile.get("setup", "") or "",
-        python=sys.executable, manifest=job_dir / "manifest.json")
+        extra_directives="\n".join(extra), workdir=shlex.quote(str(Path.cwd())), setup=profile.get("setup", "") or "",
+        python=shlex.quote(sys.executable), manifest=shlex.quote(str(job_dir / "manifest.json")))
+
+
+def queued_runs(store: RunStore, experiment: str) -> set[str]:
+    """Run ids of this experiment's earlier submissions whose array tasks are still pending or running in SLURM
+    (from each job folder's manifest and job id, and squeue)."""
+    jobs = {}
+    base = store.slurm_dir(experiment)
+    for job_dir in (base.iterdir() if base.exists() else []):
+        if (job_dir / "job_id").exists() and (job_dir / "manifest.json").exists():
+            jobs[(job_dir / "job_id").read_text().strip()] = job_dir
+    if not jobs or shutil.which("squeue") is None:
+        return set()
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%A|%a|%T"], capture_output=True,
+                         text=True, timeout=30)
+    if out.returncode != 0:  # e.g. every one of these jobs has left the queue (squeue then rejects the ids)
+        return set()
+    queued = set()
+    for line in out.stdout.split():
+        job, task, _state = line.split("|")
+        if job in jobs and task.isdigit():
+            tasks = json.loads((jobs[job] / "manifest.json").read_text())["tasks"]
+            if int(task) < len(tasks):
+                queued.update(config_hash(from_dict(c)) for c in tasks[int(task)])
+    return queued
 
 
 def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dry_run: bool = False,
            console=None) -> dict:
-    runs = [r for r in recipe.runs(scale, overrides) if not store.is_finished(recipe.name, r.run_id)]
+    """Submits the suite's runs that are not finished, not owned by a live process (their lock) and not
+    pending or running in an earlier submission's array."""
+    all_runs = recipe.runs(scale, overrides)
+    queued = queued_runs(store, recipe.name)
+    runs = [r for r in all_runs if not store.is_finished(recipe.name, r.run_id) and r.run_id not in queued
+            and store.owner(recipe.name, r.run_id) is None]
     profile = load_profile(profile_name)
     if not runs:
-        return {"job_id": None, "runs": 0, "message": f"nothing to submit: every run of {recipe.name} [{scale}] "
-                                                          "is finished"}
+        busy = sum(1 for r in all_runs if not store.is_finished(recipe.name, r.run_id))
+        why = f"{busy} are pending or running in SLURM or another process, the rest finished" if busy \
+            else "every run is finished"
+        return {"job_id": None, "runs": 0, "message": f"nothing to submit for {recipe.name} [{scale}]: {why}"}
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    job_dir = (store.root / recipe.name / "_slurm" / stamp).resolve()
+    job_dir = (store.slurm_dir(recipe.name) / stamp).resolve()
     script = render(runs, recipe.name, profile, job_dir)
     if dry_run:
         return {"job_id": None, "runs": len(runs), "script": script}
@@ -85,8 +121,10 @@ def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dr
     (job_dir / "logs").mkdir(parents=True, exist_ok=True)
     atomic_write(job_dir / "manifest.json", json.dumps(manifest))
     atomic_write(job_dir / "job.sbatch", script)
-    result = subprocess.run([sbatch, "--parsable", str(job_dir / "job.sbatch")], capture_output=True, text=True,
-                            timeout=60)
+    # the log path goes on the command line, not in an #SBATCH line: a folder name with spaces or quotes
+    # stays one argument
+    result = subprocess.run([sbatch, "--parsable", f"--output={job_dir / 'logs'}/%A_%a.out",
+                             str(job_dir / "job.sbatch")], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         shutil.rmtree(job_dir, ignore_errors=True)
         message = (result.stderr or result.stdout).strip().splitlines()
@@ -97,20 +135,35 @@ def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dr
 
 
 def work(manifest_path: Path, task: int) -> int:
-    """One array task: train its pack of runs in order (finished ones are skipped). Returns an exit code."""
-    from framework.preemption import Preempted
+    """One array task: train its pack of runs in order (finished ones are skipped, ones another live process
+    owns are left to it). Returns an exit code: 0, 1 when a run failed, 128 + signal when a signal stopped it
+    (0 when SLURM requeues the task: the requeued task resumes from the checkpoint)."""
+    from framework.preemption import SIGNALS, Stop
+    from framework.registry import UserError
     from framework.runner import train
+    from framework.store import RunBusy
     manifest = json.loads(Path(manifest_path).read_text())
     store = RunStore(manifest["runs_dir"])
+    SIGNALS.install()
     failed = 0
     for cfg_dict in manifest["tasks"][task]:
         try:
+            SIGNALS.check("between runs")
             summary = train(from_dict(cfg_dict), store, scale=manifest["scale"])
-        except Preempted as e:
-            print(f"preempted: {e}", flush=True)
-            return 0  # SLURM requeues the task; the run resumes from its checkpoint
+        except Stop as e:
+            requeued = SIGNALS.requested == signal.SIGUSR1 and slurm_job_id() is not None
+            print(f"stopped: {e}{' (requeued)' if requeued else ''}", flush=True)
+            return 0 if requeued else 128 + e.signum
+        except RunBusy as e:
+            print(f"{e.run_dir.name}: skipped, owned by {describe_owner(e.owner)}", flush=True)
+            continue
+        except UserError as e:
+            print(f"error: {e}", flush=True)
+            failed += 1
+            continue
         print(f"{summary.get('run_id')} {summary.get('variant')}: {summary.get('status')}"
-              f"{' (skipped: finished)' if summary.get('skipped') else ''}", flush=True)
+              f"{' (skipped: finished)' if summary.get('skipped') else ''}"
+              f"{': ' + str(summary.get('error')) if summary.get('status') == 'failed' else ''}", flush=True)
         failed += summary.get("status") == "failed"
     return 1 if failed else 0
 

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     deterministic: bool = True
     stop_at_train_acc: float = 0.0  # >0: stop once an epoch's training accuracy reaches this (time to fit)
+    threads: int = 0                # torch's intra-op threads; 0: SLURM's CPUs per task, else 1 (runner.set_threads)
 
 
 @dataclass
@@ -131,8 +133,13 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# Labels, tracking and where the data files live never change what a run computes, so they stay out of its identity.
-NOT_IN_IDENTITY = ("variant", "tracking.", "data.root", "data.download", "data.verify", "data.on_device")
+# Labels, tracking, where the data files live and how many threads compute never change what a run computes, so
+# they stay out of its identity.
+NOT_IN_IDENTITY = ("variant", "tracking.", "data.root", "data.download", "data.verify", "data.on_device",
+                   "trainer.threads")
+# Lightning's precision names (trainer.precision), checked at load time.
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine",
+              "transformer-engine-float16")
 
 # Fields whose value must be a registered name; checked at load time, never deep inside a job.
 REGISTRY_FIELDS = {
@@ -284,30 +291,59 @@ def validate(cfg: RunConfig) -> None:
     if cfg.tracking.mode not in TRACKING_MODES:
         raise UserError(f"tracking.mode: unknown mode '{cfg.tracking.mode}'{suggest(cfg.tracking.mode, TRACKING_MODES)}; "
                         f"choices: {', '.join(TRACKING_MODES)}")
+    flat = flatten(to_dict(cfg))
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key}: must be a finite number, got {value!r}")
+    if cfg.trainer.precision not in PRECISIONS:
+        raise UserError(f"trainer.precision: unknown precision {cfg.trainer.precision!r}"
+                        f"{suggest(cfg.trainer.precision, PRECISIONS)}; choices: {', '.join(PRECISIONS)}")
+    t, d, o = cfg.trainer, cfg.data, cfg.optim
+    world = t.devices * t.num_nodes if t.strategy.startswith("ddp") and t.devices > 0 else 1
     checks = [
+        ("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2**32)"),
         ("model.depth", cfg.model.depth >= 0, "must be >= 0"),
         ("model.width", cfg.model.width >= 1, "must be >= 1"),
         ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),
-        ("data.batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
-        ("data.val_fraction", 0.0 <= cfg.data.val_fraction < 1.0, "must be in [0, 1)"),
-        ("data.test_fraction", 0.0 < cfg.data.test_fraction < 1.0, "must be in (0, 1)"),
-        ("data.label_noise", 0.0 <= cfg.data.label_noise <= 1.0, "must be in [0, 1]"),
-        ("data.crop_padding", cfg.data.crop_padding >= 0, "must be >= 0"),
-        ("data.positive_fraction", 0.0 < cfg.data.positive_fraction < 1.0, "must be in (0, 1)"),
-        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
-        ("trainer.max_epochs", cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0, "must be >= 1 (or set trainer.max_steps)"),
+        ("data.batch_size", d.batch_size >= 1, "must be >= 1"),
+        ("data.val_fraction", 0.0 <= d.val_fraction < 1.0, "must be in [0, 1)"),
+        ("data.test_fraction", 0.0 < d.test_fraction < 1.0, "must be in (0, 1)"),
+        ("data.test_fraction", d.val_fraction + d.test_fraction < 1.0,
+         f"plus data.val_fraction ({d.val_fraction}) must be < 1, leaving training data"),
+        ("data.n_train", d.n_train >= 0, "must be >= 0 (0: every training sample)"),
+        ("data.n_samples", d.n_samples >= 1, "must be >= 1"),
+        ("data.label_noise", 0.0 <= d.label_noise <= 1.0, "must be in [0, 1]"),
+        ("data.crop_padding", d.crop_padding >= 0, "must be >= 0"),
+        ("data.positive_fraction", 0.0 < d.positive_fraction < 1.0, "must be in (0, 1)"),
+        ("optim.lr", o.lr > 0, "must be > 0"),
+        ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
+        ("optim.base_batch_size", o.base_batch_size >= 0, "must be >= 0 (0: no linear scaling)"),
+        ("optim.momentum", 0.0 <= o.momentum < 1.0, "must be in [0, 1)"),
+        ("optim.eps", o.eps > 0, "must be > 0"),
+        ("trainer.max_epochs", t.max_epochs >= 1 or t.max_steps > 0, "must be >= 1 (or set trainer.max_steps)"),
+        ("trainer.devices", t.devices >= 1 or t.devices == -1, "must be >= 1 (or -1: every device)"),
+        ("trainer.num_nodes", t.num_nodes >= 1, "must be >= 1"),
+        ("trainer.log_every_n_steps", t.log_every_n_steps >= 1, "must be >= 1"),
+        ("trainer.val_every_n_epochs", t.val_every_n_epochs >= 1, "must be >= 1"),
+        ("trainer.threads", t.threads >= 0, "must be >= 0 (0: automatic)"),
+        ("data.batch_size", d.batch_size % world == 0,
+         f"must be divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes): each takes an "
+         f"equal share of every batch"),
         ("diagnostics.every_n_steps", cfg.diagnostics.every_n_steps >= 1, "must be >= 1"),
     ]
     for key, ok, why in checks:
         if not ok:
-            raise UserError(f"{key}: {why}, got {flatten(to_dict(cfg))[key]!r}")
+            raise UserError(f"{key}: {why}, got {flat[key]!r}")
+
+
+def in_identity_exempt(key: str) -> bool:
+    return any(key == p or key.startswith(p) for p in NOT_IN_IDENTITY)
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:
     """The fields that define what a run computes: those that differ from their defaults."""
     ours, default = flatten(to_dict(cfg)), flatten(to_dict(RunConfig()))
-    return {k: v for k, v in sorted(ours.items())
-            if v != default.get(k) and not any(k == p or k.startswith(p) for p in NOT_IN_IDENTITY)}
+    return {k: v for k, v in sorted(ours.items()) if v != default.get(k) and not in_identity_exempt(k)}
 
 
 def config_hash(cfg: RunConfig) -> str:

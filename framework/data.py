@@ -129,6 +129,15 @@ def class_count(name: str, n_classes: int) -> int:
     return 10 if name == "digits" else int(n_classes)
 
 
+def input_shape(cfg) -> tuple[tuple[int, ...], int]:
+    """(input shape, model outputs) of a dataset from its config alone, without loading it (cfg: DataConfig)."""
+    if cfg.name in SOURCES:
+        return SOURCES[cfg.name].shape, SOURCES[cfg.name].n_classes
+    shapes = {"digits": ((64,), 10), "gaussian": ((cfg.n_features,), cfg.n_classes), "regression1d": ((1,), 1),
+              "wilson": ((3 + 5 * cfg.n_samples,), 1)}
+    return shapes[cfg.name]
+
+
 # Input corruptions of Zhang et al. 2017, Sec. 2, applied to every split before standardisation.
 CORRUPTIONS: Registry[Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = Registry("corruption")
 CORRUPTIONS.register("none")(lambda x, rng: x)

@@ -1,17 +1,21 @@
 """build_module(cfg) -> LightningModule: the factory that turns a RunConfig into something a Trainer fits."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import os
 
 import pytorch_lightning as pl
 import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from framework.config import RunConfig
+from framework.config import ModelConfig, RunConfig
 from framework.losses import LOSSES
 from framework.models import build_model
 from framework.optim import OPTIMIZERS, effective_lr, lr_factor
+from framework.registry import UserError
 
 
 class ReproModule(pl.LightningModule):
@@ -140,6 +144,44 @@ class ReproModule(pl.LightningModule):
             result["acc"] = correct / max(1, n)
             result["error"] = 1 - result["acc"]
         return result
+
+
+BYTES_PER_PARAMETER = 16  # float32 weights, gradients and two optimizer moments (Adam's)
+
+
+def available_memory(accelerator: str) -> tuple[int, str]:
+    """Bytes of memory a run on this machine can use, and where: the GPU's when the run would use one."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, f"GPU ({torch.cuda.get_device_name(0)})"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+
+
+def count_parameters(model_cfg: ModelConfig, in_shape: tuple[int, ...], n_outputs: int) -> int:
+    """Parameters of the model, counted on PyTorch's meta device: nothing is allocated."""
+    return _count(tuple(sorted(dataclasses.asdict(model_cfg).items())), tuple(in_shape), int(n_outputs))
+
+
+@functools.lru_cache(maxsize=256)
+def _count(model_items: tuple, in_shape: tuple[int, ...], n_outputs: int) -> int:
+    with torch.device("meta"):
+        net = build_model(ModelConfig(**dict(model_items)), in_shape, n_outputs)
+    return sum(p.numel() for p in net.parameters())
+
+
+def check_model_size(cfg: RunConfig) -> int:
+    """Refuses, before anything is allocated, a model whose parameter memory exceeds the machine's."""
+    from framework.data import input_shape
+    in_shape, n_outputs = input_shape(cfg.data)
+    n = count_parameters(cfg.model, tuple(in_shape), int(n_outputs))
+    need = n * BYTES_PER_PARAMETER
+    have, where = available_memory(cfg.trainer.accelerator)
+    if need > have:
+        m = cfg.model
+        raise UserError(f"model.width: the model (model.name={m.name}, model.depth={m.depth}, model.width={m.width}) "
+                        f"has {n:.3g} parameters, about {need / 2**30:,.0f} GiB for weights, gradients and optimizer "
+                        f"state ({BYTES_PER_PARAMETER} bytes a parameter), more than this machine's "
+                        f"{have / 2**30:,.0f} GiB of {where}")
+    return n
 
 
 def build_module(cfg: RunConfig, splits=None) -> ReproModule:

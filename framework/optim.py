@@ -23,8 +23,9 @@ _register("adam", lambda p, c, lr: torch.optim.Adam(p, lr=lr, betas=(c.beta1, c.
                                                     weight_decay=c.weight_decay))
 _register("adamw", lambda p, c, lr: torch.optim.AdamW(p, lr=lr, betas=(c.beta1, c.beta2), eps=c.eps,
                                                       weight_decay=c.weight_decay))
-_register("rmsprop", lambda p, c, lr: torch.optim.RMSprop(p, lr=lr, eps=c.eps, weight_decay=c.weight_decay))
-_register("adagrad", lambda p, c, lr: torch.optim.Adagrad(p, lr=lr, eps=1e-10, weight_decay=c.weight_decay))
+_register("rmsprop", lambda p, c, lr: torch.optim.RMSprop(p, lr=lr, eps=c.eps, momentum=c.momentum,
+                                                          weight_decay=c.weight_decay))
+_register("adagrad", lambda p, c, lr: torch.optim.Adagrad(p, lr=lr, eps=c.eps, weight_decay=c.weight_decay))
 
 
 def effective_lr(optim_cfg, batch_size: int) -> float:

@@ -1,24 +1,51 @@
-"""Preemption: SLURM's pre-timeout signal becomes a checkpoint at the next step boundary and a requeue.
+"""Stop signals, owned for the whole task: SLURM's pre-timeout USR1, SIGTERM and Ctrl-C.
 
-Exactly one component owns the signal and the requeue: this callback. (Lightning's SLURM handler saves inside
-the signal handler, mid-step; it is switched off with SLURMEnvironment(auto_requeue=False).) The checkpoint
-holds the model, optimizer, schedule and loop state, plus the batch position in the epoch and the RNG state,
-so the resumed run continues exactly where it stopped. The batch position is saved by the loader itself
-(framework.data.TensorBatches implements Lightning's resumable-loader interface).
+Exactly one component owns the signals and the requeue: this module. (Lightning's SLURM handler saves inside
+the signal handler, mid-step; it is switched off with SLURMEnvironment(auto_requeue=False).) `StopSignals` is
+installed once per task (`repro run`, an array task) and knows which phase the current run is in:
+
+- fit: any of the three signals is a request; the `Preemption` callback checkpoints at the next step boundary
+  (model, optimizer, schedule, loop state, the batch position in the epoch, the RNG), the run is recorded
+  `pending` with its checkpoint, and the task stops (USR1 under SLURM also asks for a requeue);
+- prepare (data being built) and between runs: SIGTERM and Ctrl-C stop at once (nothing computed is lost;
+  the run, if one had started, is recorded `failed: terminated` / `failed: interrupted`); USR1 stops before
+  the next fit, with the run left `pending`;
+- persist (final evaluation, writing the store): every signal waits until the run is stored, then the task
+  stops before the next run.
+
+The exit codes that follow are in framework/cli.py (EXIT_*).
 """
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
 
-class Preempted(Exception):
-    """Raised after the checkpoint is saved and the requeue asked for: the process should exit."""
+class Stop(Exception):
+    """A stop signal ended the task; the run it names was recorded (pending with a checkpoint, or failed)."""
+    reason = "stopped"
+    signum = 0
+
+
+class Preempted(Stop):
+    reason, signum = "preempted", int(signal.SIGUSR1)
+
+
+class Terminated(Stop):
+    reason, signum = "terminated", int(signal.SIGTERM)
+
+
+class Interrupted(Stop):
+    reason, signum = "interrupted", int(signal.SIGINT)
+
+
+STOPS = {int(signal.SIGUSR1): Preempted, int(signal.SIGTERM): Terminated, int(signal.SIGINT): Interrupted}
 
 
 def slurm_job_id() -> str | None:
@@ -27,32 +54,77 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-class Preemption(pl.Callback):
-    def __init__(self, checkpoint: Path, signum: int = signal.SIGUSR1, requeue: bool = True):
-        self.checkpoint, self.signum, self.requeue = Path(checkpoint), signum, requeue
-        self.requested = False
-        self._previous = None
+class StopSignals:
+    """The task's handler of USR1, TERM and INT (see the module docstring). One instance: SIGNALS."""
 
-    # -- the signal only sets a flag; the work happens at a step boundary
-    def on_fit_start(self, trainer, pl_module):
-        self._previous = signal.signal(self.signum, self._handle)
+    def __init__(self):
+        self.requested: int | None = None
+        self.phase = "idle"
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> bool:
+        """Takes the three signals; False when they were already taken (or this is not the main thread)."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return False
+        for signum in STOPS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return True
+
+    def uninstall(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        again = self.requested is not None
+        self.requested = self.requested or signum
+        if signum == signal.SIGUSR1 or self.phase in ("fit", "persist") and not (again and signum == signal.SIGINT):
+            return  # acted on at the next step boundary, or once the run is stored
+        raise STOPS[signum](f"{STOPS[signum].reason} by signal {signal.Signals(signum).name}")
+
+    def check(self, where: str) -> None:
+        """Raises the pending stop, if any (called between runs and between a run's phases)."""
+        if self.requested is not None:
+            raise STOPS[self.requested](f"{STOPS[self.requested].reason} by signal "
+                                        f"{signal.Signals(self.requested).name} {where}")
+
+    def requeue(self) -> bool:
+        """Asks SLURM to requeue this array task (USR1 only); False when not under SLURM."""
+        job = slurm_job_id()
+        if self.requested != signal.SIGUSR1 or not job:
+            return False
+        subprocess.run(["scontrol", "requeue", job], check=False, timeout=30)
+        return True
+
+    def reset(self) -> None:
+        self.requested, self.phase = None, "idle"
+
+
+SIGNALS = StopSignals()
+
+
+class Preemption(pl.Callback):
+    """Turns a stop request during fit into a checkpoint at the next step boundary."""
+
+    def __init__(self, checkpoint: Path, signals: StopSignals = SIGNALS):
+        self.checkpoint, self.signals = Path(checkpoint), signals
+
+    def on_fit_start(self, trainer, pl_module):
+        self.signals.phase = "fit"
+        if self.signals._previous:
+            # Lightning's own SIGTERM handler (registered as fit starts) ends fit with SystemExit(0) at the next
+            # batch, with no checkpoint and exit status 0: the task's handler takes SIGTERM back for the fit
+            # (Lightning restores the task's handler when fit ends).
+            signal.signal(signal.SIGTERM, self.signals._handle)
 
     def on_fit_end(self, trainer, pl_module):
-        self._restore_handler()
+        self.signals.phase = "persist"
 
     def on_exception(self, trainer, pl_module, exception):
-        self._restore_handler()
-
-    def _restore_handler(self):
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        self.signals.phase = "persist"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not self.requested:
+        if self.signals.requested is None:
             return
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # let the epoch end (its metrics, validation); stop after the next epoch's first batch
@@ -66,10 +138,10 @@ class Preemption(pl.Callback):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.checkpoint)
-            job = slurm_job_id()
-            if self.requeue and job:
-                subprocess.run(["scontrol", "requeue", job], check=False, timeout=30)
-        raise Preempted(f"preempted at step {trainer.global_step}; checkpoint {self.checkpoint}")
+        stop = STOPS[self.signals.requested](f"{STOPS[self.signals.requested].reason} at step {trainer.global_step}; "
+                                             f"checkpoint {self.checkpoint}")
+        stop.checkpoint = self.checkpoint
+        raise stop
 
     # -- what the checkpoint carries beyond Lightning's own state (the loader saves its batch position)
     def state_dict(self):

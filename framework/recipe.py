@@ -26,10 +26,13 @@ import yaml
 
 from framework.config import RunConfig, apply, config_hash, flatten, parse_value, to_dict
 from framework.registry import UserError, suggest
-from framework.store import RunStore
+from framework.store import RunStore, atomic_write, strict_json
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = Path(os.environ.get("REPRO_CONFIGS", ROOT / "configs"))
+def config_dir() -> Path:
+    """The recipes' YAML: $REPRO_CONFIGS, else the checkout's configs/ (an editable install), else the copy
+    installed with the package (framework/configs, see pyproject.toml)."""
+    from framework.resources import resource_dir
+    return Path(os.environ["REPRO_CONFIGS"]) if os.environ.get("REPRO_CONFIGS") else resource_dir("configs")
 
 
 @dataclass
@@ -60,11 +63,23 @@ class Recipe(ABC):
     title: str = ""
     papers: list[str] = []
 
+    def spec_path(self) -> Path:
+        return config_dir() / f"{self.name}.yaml"
+
     def spec(self) -> dict:
-        path = CONFIG_DIR / f"{self.name}.yaml"
+        path = self.spec_path()
         if not path.exists():
             raise UserError(f"no config for experiment '{self.name}': expected {path}")
-        return yaml.safe_load(path.read_text()) or {}
+        try:
+            spec = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"{path}{where}: malformed YAML ({problem})") from None
+        if not isinstance(spec, dict):
+            raise UserError(f"{path}: expected a map with run, grid and scales, got {type(spec).__name__}")
+        return spec
 
     def scales(self) -> list[str]:
         return list((self.spec().get("scales") or {}).keys())
@@ -73,7 +88,11 @@ class Recipe(ABC):
         return self.spec().get("default_scale", "cpu")
 
     def runs(self, scale: str | None = None, overrides: list[str] | dict | None = None) -> list[Run]:
-        return expand(self.name, self.spec(), scale or self.default_scale(), overrides or [])
+        return expand(self.name, self.spec(), scale or self.default_scale(), overrides or [], self.spec_path())
+
+    def report_dir(self, reports_dir: Path, scale: str | None = None) -> Path:
+        """Each scale keeps its own report: reports/<experiment>/<scale>/."""
+        return Path(reports_dir) / self.name / (scale or self.default_scale())
 
     @abstractmethod
     def claims(self, runs: pd.DataFrame, store: RunStore) -> list[Claim]:
@@ -87,13 +106,19 @@ def _axis_label(key: str, value: Any) -> str:
     return f"{key.split('.')[-1]}={value}"
 
 
-def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict) -> list[Run]:
+def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, source: Path | str = "") -> list[Run]:
+    """The suite's runs. Precedence, lowest first: the YAML's run, the scale's run, a grid value or bundle, and
+    what the user typed (a typed key pins a swept axis to that value and overrides every bundle that sets it)."""
+    where = f"{source}: " if source else ""
     scales = spec.get("scales") or {}
+    if not isinstance(scales, dict):
+        raise UserError(f"{where}scales: expected a map of scale names, got {scales!r}")
     if scale not in scales:
         raise UserError(f"unknown scale '{scale}' for {name}{suggest(scale, scales)}; choices: {', '.join(scales)}")
     scale_spec = scales[scale] or {}
     base = {**flatten(spec.get("run") or {}), **flatten(scale_spec.get("run") or {})}
     grids = _grids(spec.get("grid") or {}, scale_spec.get("grid"))
+    typed: dict[str, Any] = {}
     items = overrides.items() if isinstance(overrides, dict) else _split(overrides)
     for key, value in items:
         if key.startswith("grid."):           # grid.model.depth=[2,3] replaces an axis
@@ -104,26 +129,31 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict) -> li
                 raise UserError(f"unknown grid axis '{axis}'{suggest(axis, known)}; axes: {', '.join(known)}")
             for g in owners:
                 g[axis] = value if isinstance(value, (list, dict)) else [value]
-        elif any(key in g and not isinstance(g[key], dict) for g in grids):
-            for g in grids:                    # pinning a swept key sweeps just that value
-                if key in g:
-                    g[key] = [value]
         else:
-            base[key] = value
+            for g in grids:                    # pinning a swept key sweeps just that value
+                if key in g and not isinstance(g[key], dict):
+                    g[key] = [value]
+            typed[key] = value
     base_cfg = apply(RunConfig(), {**base, "experiment": name})
+    apply(base_cfg, typed)  # a bad typed key fails here, named, before any grid is expanded
 
     combos = []
     for grid in grids:
         axes = []
         for axis, values in grid.items():
-            if isinstance(values, dict):
+            if isinstance(values, dict) and values:
+                for label, bundle in values.items():
+                    if bundle is not None and not isinstance(bundle, dict):
+                        raise UserError(f"{where}grid.{axis}.{label}: expected a map of overrides, got {bundle!r}")
                 axes.append([(axis, label, flatten(bundle or {}), True) for label, bundle in values.items()])
             elif isinstance(values, list) and values:
                 axes.append([(axis, v, {axis: v}, False) for v in values])
             else:
-                raise UserError(f"grid.{axis}: expected a non-empty list of values or a map of named overrides")
+                raise UserError(f"{where}grid.{axis}: expected a non-empty list of values or a non-empty map of "
+                                f"named overrides, got {values!r}")
         combos += list(itertools.product(*axes))
     runs, seen = [], set()
+    from framework.module import check_model_size
     for combo in combos:
         changes, labels, axis_values = {}, [], {}
         for axis, value, bundle, named in combo:
@@ -131,9 +161,10 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict) -> li
             axis_values[axis] = value
             if axis != "seed":
                 labels.append(str(value) if named else _axis_label(axis, value))
-        cfg = apply(base_cfg, {**changes, "variant": "_".join(labels) or "default"})
+        cfg = apply(base_cfg, {**changes, **typed, "variant": "_".join(labels) or "default"})
         run = Run(cfg, axis_values)
         if run.run_id not in seen:
+            check_model_size(cfg)
             seen.add(run.run_id)
             runs.append(run)
     return runs
@@ -186,25 +217,50 @@ def history(runs: pd.DataFrame, store: RunStore, experiment: str, name: str = "m
 
 def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, reports_dir: Path,
               force: bool = False, console=None) -> dict:
-    """Train every run of the suite that is not finished, then evaluate the claims and draw the figures."""
+    """Train every run of the suite that is not finished, then evaluate the claims and draw the figures.
+
+    Runs another live process owns (its lock, see framework/store.py) are left to it: this process trains the
+    others, then waits for those and reuses what their owner stored (or trains them itself when the owner
+    stopped without finishing them). The verdict lists the runs that failed, each with its error."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from framework.runner import train
+    from framework.preemption import SIGNALS
+    from framework.runner import is_lead_process, train
+    from framework.store import RunBusy, describe_owner
 
     scale = scale or recipe.default_scale()
     runs = recipe.runs(scale, overrides)
     started = time.time()
+    failed: list[dict] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    SIGNALS.install()  # the task owns USR1, TERM and INT from here on, between runs too
     with Progress(*columns, console=console, transient=False, disable=console is None) as progress:
         suite = progress.add_task(f"{recipe.name} [{scale}]", total=len(runs))
-        for run in runs:
-            train(run.cfg, store, scale=scale, force=force, progress=progress)
-            progress.advance(suite)
-    from framework.runner import is_lead_process
+        pending, told = list(runs), False
+        while pending:
+            busy = []
+            for run in pending:
+                SIGNALS.check("between runs")
+                try:
+                    summary = train(run.cfg, store, scale=scale, force=force, progress=progress)
+                except RunBusy as e:
+                    busy.append((run, e.owner))
+                    continue
+                if summary.get("status") == "failed":
+                    failed.append({"run_id": run.run_id, "variant": run.cfg.variant, "error": summary.get("error")})
+                progress.advance(suite)
+            pending = [run for run, _ in busy]
+            force = False  # a run another process just trained is not trained again
+            if pending:
+                if not told and console is not None:
+                    owners = sorted({describe_owner(o) for _, o in busy})
+                    console.print(f"waiting for {len(pending)} runs owned by another process ({'; '.join(owners)})")
+                    told = True
+                time.sleep(POLL_S)
     if not is_lead_process():  # DDP workers train; only rank 0 reports
-        return {"experiment": recipe.name, "scale": scale, "claims": [], "runs": {}, "figures": []}
+        return {"experiment": recipe.name, "scale": scale, "claims": [], "runs": {}, "figures": [], "failed": []}
     frame = runs_frame(runs, store)
     claims = recipe.claims(frame, store)
-    outdir = reports_dir / recipe.name
+    outdir = recipe.report_dir(reports_dir, scale)
     outdir.mkdir(parents=True, exist_ok=True)
     try:
         figures, figure_error = recipe.figures(frame, store, outdir), None
@@ -215,18 +271,23 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     from framework.tracking import code_version
     verdict = {
         "experiment": recipe.name, "scale": scale, "claims": [asdict(c) for c in claims],
-        "runs": frame["status"].value_counts().to_dict(), "figures": [str(f.relative_to(outdir)) for f in figures],
+        "runs": frame["status"].value_counts().to_dict(), "failed": failed,
+        "figures": [str(f.relative_to(outdir)) for f in figures],
         "figure_error": figure_error, "code": code_version(), "wall_s": round(time.time() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (outdir / "verdict.json").write_text(json.dumps(verdict, indent=1, default=_jsonable))
+    atomic_write(outdir / "verdict.json", strict_json(verdict, indent=1, default=_jsonable))
     frame.to_csv(outdir / "runs.csv", index=False)
     return verdict
 
 
+POLL_S = 2.0  # how often a suite looks at runs another process owns
+
+
 def _jsonable(v):
     try:
-        return float(v)
+        v = float(v)
+        return v if v == v and abs(v) != float("inf") else None
     except (TypeError, ValueError):
         return str(v)
 

@@ -17,7 +17,7 @@ import pandas as pd
 from framework.config import flatten
 from framework.recipe import Recipe, runs_frame
 from framework.registry import UserError
-from framework.store import RunStore
+from framework.store import RunStore, atomic_write, strict_json
 from framework.tracking import code_version
 from framework.wandb_files import offline_runs, read_run
 
@@ -176,7 +176,7 @@ def experiment_page(recipe: Recipe, verdict: dict, summary: pd.DataFrame, figure
     figs = "\n".join(_img(p) for p in figures if p.suffix == ".png")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{recipe.name}</title><style>{STYLE}</style>
 </head><body><h1>{html.escape(recipe.title)}</h1><p>Papers: {html.escape('; '.join(recipe.papers))}.
-Scale: <b>{html.escape(verdict['scale'])}</b>. <a href="../index.html">All experiments</a></p>
+Scale: <b>{html.escape(verdict['scale'])}</b>. <a href="../../index.html">All experiments</a></p>
 <h2>Verdict</h2><table id="verdict">{TABLE_HEAD}{verdict_rows(verdict)}</table>
 <h2>Figures</h2>{figs}
 <h2>Runs</h2><p>{len(summary)} runs: {html.escape(', '.join(f'{k} {v}' for k, v in counts.items()))}.
@@ -186,7 +186,8 @@ Data: <a href="summary.csv">summary.csv</a> (one row per run), <a href="history.
 
 
 def index_page(verdicts: list[dict], info: dict) -> str:
-    links = " · ".join(f'<a href="{v["experiment"]}/index.html">{v["experiment"]}</a>' for v in verdicts)
+    links = " · ".join(f'<a href="{v["experiment"]}/{v["scale"]}/index.html">{v["experiment"]} [{v["scale"]}]</a>'
+                       for v in verdicts)
     rows = "\n".join(verdict_rows(v) for v in verdicts)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>repro reports</title><style>{STYLE}</style>
 </head><body><h1>Phenomena of neural-network training: verdicts</h1><p>{links}</p>
@@ -204,7 +205,7 @@ def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path
     if summary.empty or "train_loss" not in summary:
         raise UserError(f"no finished runs of {recipe.name} [{scale}] in {store.root} (source {source}): "
                         f"run `repro run {recipe.name} --scale {scale}` first")
-    outdir = reports_dir / recipe.name
+    outdir = recipe.report_dir(reports_dir, scale)
     outdir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(outdir / "summary.csv", index=False)
     hist.to_csv(outdir / "history.csv", index=False)
@@ -215,7 +216,7 @@ def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path
     verdict = {"experiment": recipe.name, "scale": scale, "source": source, "claims": [asdict(c) for c in claims],
                "runs": summary["status"].value_counts().to_dict() if "status" in summary else {},
                "figures": [f.name for f in figures], "versions": info}
-    (outdir / "verdict.json").write_text(json.dumps(verdict, indent=1, default=str))
+    atomic_write(outdir / "verdict.json", strict_json(verdict, indent=1, default=str))
     grid = recipe.spec().get("scales", {}).get(scale, {}) or {}
     grid = {"grid": json.dumps(recipe.spec().get("grid")), f"scale {scale}": json.dumps(grid)}
     (outdir / "index.html").write_text(experiment_page(recipe, verdict, summary, figures, grid, info))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -15,14 +16,16 @@ from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-from framework.config import RunConfig, config_hash, dump_yaml
+import torch
+
+from framework.config import RunConfig, config_hash, dump_yaml, flatten, in_identity_exempt, to_dict
 from framework.data import TensorDataModule, build_splits
 from framework.diagnostics import Diagnostics
 from framework.module import build_module
 from framework.optim import effective_lr
-from framework.preemption import Preempted, Preemption
+from framework.preemption import SIGNALS, Preempted, Preemption, Stop
 from framework.registry import UserError
-from framework.store import RunStore
+from framework.store import RunLock, RunStore, StoreError
 from framework.tracking import make_wandb_logger
 
 
@@ -114,27 +117,113 @@ def build_trainer(cfg: RunConfig, loggers: list, callbacks: list, root_dir: Path
     return pl.Trainer(**{**kwargs, **overrides})
 
 
+def set_threads(cfg: RunConfig) -> int:
+    """Torch's intra-op threads: trainer.threads, else SLURM's CPUs per task (shared by the task's processes on
+    a node), else 1. Measured on a 2-core machine (reports/benchmarks.md): with another process running, a
+    50-layer MLP stepped 4-7x slower on 2 threads than on 1; idle, 2 threads gained at most 15% on small
+    models (1.6x on a 2x2048 MLP: set trainer.threads=2 for such models)."""
+    threads = cfg.trainer.threads
+    if threads <= 0:
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+        threads = max(1, cpus) if cpus else 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def check_stored_config(cfg: RunConfig, store: RunStore, run_id: str) -> None:
+    """A finished run is reused only when the config it stored is the config asked for today. Keys it did not
+    store (options added since) are taken at their default; a key whose value differs means a default changed
+    under the same hash: stop, rather than label old numbers with today's config."""
+    stored = flatten(store.stored_config(cfg.experiment, run_id))
+    today = flatten(to_dict(cfg))
+    diffs = [(k, stored[k], v) for k, v in today.items()
+             if k in stored and not in_identity_exempt(k) and not _same(stored[k], v)]
+    if diffs:
+        what = "; ".join(f"{k}: stored {a!r}, today {b!r}" for k, a, b in diffs)
+        pins = " ".join(f"{k}={a}" for k, a, _ in diffs)
+        raise UserError(f"run {cfg.experiment}/{run_id} ({cfg.variant}) was trained with another config under "
+                        f"the same hash (a default changed?): {what}. Rerun it with --force, or pin the old "
+                        f"value: {pins}")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def usable_checkpoint(store: RunStore, experiment: str, run_id: str) -> Path | None:
+    """The run's checkpoint when it loads; a damaged one (cut short, not a checkpoint) is set aside, with a
+    line saying so, and the run starts again from step 0."""
+    path = store.checkpoint(experiment, run_id)
+    if not path.exists():
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return path
+    except Exception as e:  # torch raises several types for a truncated zip or pickle
+        aside = store.set_aside(path)
+        print(f"warning: {path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); moved to "
+              f"{aside.name}, the run starts again from step 0", file=sys.stderr, flush=True)
+        return None
+
+
 def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False, progress=None,
           callbacks: tuple = ()) -> dict:
     """Runs cfg unless the store already holds it finished; returns its summary (with 'status').
+    Raises RunBusy when another live process owns the run, and a `Stop` when a signal ended the task.
     `callbacks`: extra Lightning callbacks for this run (they do not change its identity)."""
-    run_id = config_hash(cfg)
-    exp = cfg.experiment
+    run_id, exp = config_hash(cfg), cfg.experiment
     if not force and store.is_finished(exp, run_id):
+        check_stored_config(cfg, store, run_id)
         return {**store.summary(exp, run_id), "skipped": True}
+    lead = is_lead_process()  # only rank 0 owns the run and writes the store (and W&B, through Lightning)
+    lock = store.lock(exp, run_id) if lead else None
+    own_signals = SIGNALS.install()
+    try:
+        if lead and not force and store.is_finished(exp, run_id):  # finished by another process meanwhile
+            check_stored_config(cfg, store, run_id)
+            return {**store.summary(exp, run_id), "skipped": True}
+        return _attempt(cfg, store, run_id, scale, force, progress, callbacks, lead, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+        if own_signals:
+            SIGNALS.uninstall()
+            SIGNALS.reset()
 
+
+def _attempt(cfg, store, run_id, scale, force, progress, extra_callbacks, lead, lock) -> dict:
+    """One attempt at a run: prepare, fit, evaluate, persist; every way out is recorded in status.json."""
+    exp = cfg.experiment
     quiet_lightning()
     run_dir = store.run_dir(exp, run_id)
-    lead = is_lead_process()  # only rank 0 writes the run store (and W&B, through Lightning)
-    checkpoint = run_dir / "checkpoint.ckpt"
+    checkpoint = store.checkpoint(exp, run_id)
+    writes = lambda: lead and (lock is None or not lock.lost)  # noqa: E731 - a run whose lock was taken over
+    resume, attempt = None, 0
     if lead:
+        try:
+            previous = store.status_record(exp, run_id)
+        except StoreError:
+            previous = {}  # a damaged status is replaced by this attempt's
+        if force:
+            checkpoint.unlink(missing_ok=True)
+        resume = usable_checkpoint(store, exp, run_id)
+        attempt = int(previous.get("attempt", 0)) + (resume is None)
+        if resume is None:
+            store.start_fresh(exp, run_id)
+        else:
+            _keep_previous_attempt(store.lightning_dir(exp, run_id))
         store.write_text(exp, run_id, "config.yaml", dump_yaml(cfg))
-        store.set_status(exp, run_id, "running", resumed_from=str(checkpoint) if checkpoint.exists() else None)
-        _keep_previous_attempt(run_dir / "lightning")
+        store.set_status(exp, run_id, "running", attempt=attempt, resumed_from=str(resume) if resume else None)
+    elif checkpoint.exists():
+        resume = checkpoint
     started = time.time()
     wandb_logger = None
     task = progress.add_task(f"  {cfg.variant}", total=None) if progress is not None else None
     try:
+        SIGNALS.phase = "prepare"
+        set_threads(cfg)
         pl.seed_everything(cfg.seed, workers=False, verbose=False)
         splits = build_splits(cfg.data)
         module = build_module(cfg, splits)
@@ -144,7 +233,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         wandb_logger = make_wandb_logger(cfg, run_id, run_dir, scale)
         if wandb_logger is not None:
             loggers.append(wandb_logger)
-        callbacks = [Preemption(checkpoint), *callbacks] + ([diagnostics] if cfg.diagnostics.enabled else [])
+        callbacks = [Preemption(checkpoint), *extra_callbacks] + ([diagnostics] if cfg.diagnostics.enabled else [])
         if cfg.trainer.stop_at_train_acc > 0:
             callbacks.append(EarlyStopping(monitor="train/acc", mode="max", patience=10**9, check_finite=False,
                                            stopping_threshold=cfg.trainer.stop_at_train_acc - 1e-6,  # its test is strict
@@ -156,8 +245,9 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         # of fit): a CIFAR-sized split on a CPU would take minutes
         device = trainer.strategy.root_device
         initial = module.to(device).evaluate(splits.x_train, splits.y_train)
-        resume = str(checkpoint) if checkpoint.exists() else None
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        SIGNALS.check("before training")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+        SIGNALS.phase = "persist"  # from here a signal waits until the run is stored
         if trainer.global_rank != 0:
             return {"status": "done", "rank": trainer.global_rank}
 
@@ -167,7 +257,7 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
             "test": (splits.x_test, splits.y_test)}.items() if len(x)}
         diverged = module.diverged_step is not None or not math.isfinite(final["train"]["loss"])
         diag = pd.DataFrame(diagnostics.rows)
-        metrics = tidy_metrics(run_dir / "lightning")
+        metrics = tidy_metrics(store.lightning_dir(exp, run_id))
         summary = {
             "run_id": run_id, "experiment": exp, "variant": cfg.variant,
             "status": "diverged" if diverged else "done",
@@ -179,34 +269,44 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
             "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
             **diagnostics_summary(diag),
         }
+        if not writes():
+            raise RuntimeError(f"lost the lock of {run_dir} while training (its heartbeat stopped for longer than "
+                               f"{RunLock.stale_after():.0f} s and another process took it over): nothing written")
         store.write_frame(exp, run_id, "metrics.csv", metrics)
         store.write_frame(exp, run_id, "diagnostics.csv", diag)
         store.write_json(exp, run_id, "summary.json", summary)
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
-        store.set_status(exp, run_id, summary["status"], diverged_step=module.diverged_step,
-                         resumed_from=resume)
+        store.set_status(exp, run_id, summary["status"], attempt=attempt, diverged_step=module.diverged_step,
+                         resumed_from=str(resume) if resume else None)
         checkpoint.unlink(missing_ok=True)
         return summary
-    except Preempted:
-        if lead:
-            store.set_status(exp, run_id, "pending", preempted=True, checkpoint=str(checkpoint))
+    except Stop as e:
+        if writes():
+            saved = getattr(e, "checkpoint", None)
+            if saved or isinstance(e, Preempted):  # a checkpoint, or stopped before training: resumable
+                store.set_status(exp, run_id, "pending", attempt=attempt, stopped=e.reason,
+                                 preempted=isinstance(e, Preempted), checkpoint=str(saved) if saved else None)
+            else:
+                store.set_status(exp, run_id, "failed", attempt=attempt, error=e.reason)
+            SIGNALS.requeue()
         raise
     except UserError as e:
-        if lead:
-            store.set_status(exp, run_id, "failed", error=str(e))
+        if writes():
+            store.set_status(exp, run_id, "failed", attempt=attempt, error=str(e))
         raise
-    except KeyboardInterrupt:
-        if lead:
-            store.set_status(exp, run_id, "failed", error="interrupted")
+    except KeyboardInterrupt:  # signals not owned here (not the main thread)
+        if writes():
+            store.set_status(exp, run_id, "failed", attempt=attempt, error="interrupted")
         raise
     except Exception as e:  # a failed run is recorded and the suite goes on
-        if lead:
-            store.set_status(exp, run_id, "failed", error=f"{type(e).__name__}: {e}",
+        if writes():
+            store.set_status(exp, run_id, "failed", attempt=attempt, error=f"{type(e).__name__}: {e}",
                              traceback=traceback.format_exc(limit=20))
         return {"run_id": run_id, "experiment": exp, "variant": cfg.variant, "status": "failed",
                 "error": f"{type(e).__name__}: {e}"}
     finally:
+        SIGNALS.phase = "idle"
         if wandb_logger is not None:
             import wandb
             wandb.finish()

@@ -26,16 +26,17 @@ class Source:
     folder: str              # where torchvision keeps it under the root
     files: tuple[str, ...]   # what it expects there
     n_classes: int
+    shape: tuple[int, int, int]  # (C, H, W) of an image
 
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                 "t10k-labels-idx1-ubyte")
 SOURCES = {
-    "mnist": Source("MNIST", "MNIST/raw", _MNIST_FILES, 10),
-    "fashion_mnist": Source("FashionMNIST", "FashionMNIST/raw", _MNIST_FILES, 10),
+    "mnist": Source("MNIST", "MNIST/raw", _MNIST_FILES, 10, (1, 28, 28)),
+    "fashion_mnist": Source("FashionMNIST", "FashionMNIST/raw", _MNIST_FILES, 10, (1, 28, 28)),
     "cifar10": Source("CIFAR10", "cifar-10-batches-py",
-                      tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"), 10),
-    "cifar100": Source("CIFAR100", "cifar-100-python", ("train", "test", "meta"), 100),
+                      tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"), 10, (3, 32, 32)),
+    "cifar100": Source("CIFAR100", "cifar-100-python", ("train", "test", "meta"), 100, (3, 32, 32)),
 }
 
 
