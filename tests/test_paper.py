@@ -66,7 +66,7 @@ def test_mnist_paper_recipe_trains_on_the_real_files(tmp_path):
               "data.n_train=256", "trainer.max_steps=3", "grid.model.width=[2]", "tracking.mode=disabled",
               "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"))
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = pd.read_csv(tmp_path / "reports" / "double_descent" / "runs.csv")
+    runs = pd.read_csv(tmp_path / "reports" / "double_descent" / "paper" / "runs.csv")
     row = runs.iloc[0]
     assert row["status"] == "done" and row["steps"] == 3 and row["n_train"] == 256 and row["n_test"] == 10000
     assert 0.0 <= row["test_error"] <= 1.0 and row["cfg.model.name"] == "resnet18"

@@ -24,7 +24,7 @@ def smoke(name, tmp_path_factory, *overrides):
         recipe = RECIPES.get(name)()
         store = RunStore(root / "runs")
         verdict = run_suite(recipe, "smoke", ["tracking.mode=disabled", *overrides], store, root / "reports")
-        frame = pd.read_csv(root / "reports" / name / "runs.csv")
+        frame = pd.read_csv(root / "reports" / name / "smoke" / "runs.csv")
         frame.attrs["axes"] = [a for a in ("model.depth", "model.activation", "arch", "condition", "model.width",
                                            "problem", "optimizer", "rule", "data.batch_size", "optim.lr")
                                if a in frame.columns]
@@ -55,7 +55,7 @@ def test_smoke_suite_runs_for_real(name, tmp_path_factory):
     assert sum(verdict["runs"].values()) == len(frame) and "running" not in verdict["runs"]
     for run_id in frame["run_id"]:
         assert store.status(name, run_id) in ("done", "diverged")
-    pngs = list((root / "reports" / name).glob("*.png"))
+    pngs = list((root / "reports" / name / "smoke").glob("*.png"))
     assert pngs and all(p.stat().st_size > 5_000 for p in pngs)
 
 
@@ -231,5 +231,5 @@ def test_run_all_at_smoke_scale(tmp_path):
               str(tmp_path / "reports"))
     assert r.returncode == 0, r.stderr[-2000:]
     for name in RECIPES.names():
-        assert (tmp_path / "reports" / name / "verdict.json").exists()
+        assert (tmp_path / "reports" / name / "smoke" / "verdict.json").exists()
         assert name in r.stdout

@@ -38,7 +38,7 @@ def reports(tmp_path_factory):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_html_reports_load_every_figure_in_chromium(reports, tmp_path):
-    pages = [reports / "reports" / name / "index.html" for name in RECIPES.names()]
+    pages = [reports / "reports" / name / "smoke" / "index.html" for name in RECIPES.names()]
     for page in pages:
         dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
         body = re.search(r'<body data-figures="(\d+)" data-figures-loaded="(\d+)"', dom)
@@ -56,7 +56,7 @@ def test_html_reports_load_every_figure_in_chromium(reports, tmp_path):
 
 
 def test_report_writes_frames_and_versions(reports):
-    out = reports / "reports" / "double_descent"
+    out = reports / "reports" / "double_descent" / "smoke"
     summary = pd.read_csv(out / "summary.csv")
     history = pd.read_csv(out / "history.csv")
     assert len(summary) == 4 and {"run_id", "model.width", "cfg.model.width", "train_error", "test_error"} <= set(

@@ -8,7 +8,7 @@ def _run(tmp_path, *overrides):
     r = repro("run", "vanishing_gradients", "--scale", "smoke", *overrides, "--runs-dir", str(tmp_path / "runs"),
               "--reports-dir", str(tmp_path / "reports"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r, json.loads((tmp_path / "reports" / "vanishing_gradients" / "verdict.json").read_text())
+    return r, json.loads((tmp_path / "reports" / "vanishing_gradients" / "smoke" / "verdict.json").read_text())
 
 
 def test_smoke_suite_writes_verdict_and_figures(tmp_path):
@@ -17,7 +17,7 @@ def test_smoke_suite_writes_verdict_and_figures(tmp_path):
     for claim in verdict["claims"]:
         assert set(claim) == {"claim", "source", "measured", "criterion", "reproduced"}
         assert isinstance(claim["reproduced"], bool) and claim["measured"]
-    out = tmp_path / "reports" / "vanishing_gradients"
+    out = tmp_path / "reports" / "vanishing_gradients" / "smoke"
     for fig in ("training_curves", "grad_norm_by_layer", "grad_norm_heatmap"):
         assert (out / f"{fig}.png").stat().st_size > 10_000
     assert "Verdict" in r.stdout and "reproduced" in r.stdout
