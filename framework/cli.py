@@ -294,6 +294,7 @@ def list_recipes():
             claims = "\n".join(line.strip() for line in doc.splitlines() if line[:2].strip().rstrip(".").isdigit())
             try:
                 scales = ", ".join(r.scales())
+                r.runs()  # the whole YAML (grid included) is checked, not just its scale names
             except UserError as e:  # one broken YAML costs its own row, not the list
                 scales = "[red]broken config[/]"
                 broken.append(str(e))

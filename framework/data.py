@@ -287,6 +287,17 @@ class TensorBatches:
             yield x, self.y[idx]
 
 
+def check_shares(n_train: int, batch_size: int, world: int) -> None:
+    """Under DDP every rank takes an equal share of every batch, the last one included: otherwise the mean of
+    the ranks' gradients is not the batch's gradient, and a last batch smaller than the world leaves a rank
+    with no samples (a NaN loss). Refused, not patched over."""
+    last = n_train % batch_size
+    if world > 1 and last % world:
+        raise UserError(f"data.batch_size: the last batch of the {n_train} training samples has {last} samples, "
+                        f"which {world} DDP processes cannot share equally; choose data.n_train or data.batch_size "
+                        f"so that n_train % batch_size is 0 or a multiple of {world}")
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -314,6 +325,7 @@ class TensorDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         x, y = self._tensors("train")
+        check_shares(len(x), self.cfg.batch_size, _rank_and_world()[1])
         return TensorBatches(x, y, self.cfg.batch_size, shuffle=True, seed=self.seed, augment=self.cfg.augment,
                              padding=self.cfg.crop_padding)
 

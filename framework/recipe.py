@@ -264,6 +264,8 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     outdir.mkdir(parents=True, exist_ok=True)
     try:
         figures, figure_error = recipe.figures(frame, store, outdir), None
+    except UserError:  # a damaged store file: named, never drawn around
+        raise
     except Exception as e:  # a broken figure must not cost the verdict of runs already trained
         figures, figure_error = [], f"{type(e).__name__}: {e}"
         if console is not None:

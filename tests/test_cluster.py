@@ -188,7 +188,7 @@ def test_dry_run_prints_the_script(tmp_path):
     assert "#SBATCH --requeue" in r.stdout and "srun" in r.stdout
     assert not (tmp_path / "r").exists()
     ddp = repro("submit", "double_descent", "--scale", "smoke", "--dry-run", "trainer.strategy=ddp",
-                "trainer.devices=4", "trainer.num_nodes=2", "--profile", "gpu", "--runs-dir", str(tmp_path / "r"))
+                "trainer.devices=4", "trainer.num_nodes=2", "data.batch_size=64", "--profile", "gpu", "--runs-dir", str(tmp_path / "r"))
     assert "#SBATCH --ntasks-per-node=4" in ddp.stdout and "#SBATCH --nodes=2" in ddp.stdout
     assert "#SBATCH --gres=gpu:4" in ddp.stdout and "#SBATCH --partition=gpu" in ddp.stdout
 
