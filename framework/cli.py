@@ -109,7 +109,11 @@ def run(
     for name, f in failed:
         err.print(escape(f"failed: {name}/{f['run_id']} ({f['variant']}): {_one_line(f['error'])}"),
                   highlight=False, soft_wrap=True)
-    if failed:
+    broken = [v for v in verdicts if v.get("claims_error")]
+    for v in broken:
+        err.print(escape(f"claims of {v['experiment']} not computed: {_one_line(v['claims_error'])}"),
+                  highlight=False, soft_wrap=True)
+    if failed or broken:
         err.print(f"{len(failed)} runs failed (retried on the next launch); exit status {EXIT_RUNS_FAILED}")
         raise typer.Exit(EXIT_RUNS_FAILED)
 

@@ -259,7 +259,12 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     if not is_lead_process():  # DDP workers train; only rank 0 reports
         return {"experiment": recipe.name, "scale": scale, "claims": [], "runs": {}, "figures": [], "failed": []}
     frame = runs_frame(runs, store)
-    claims = recipe.claims(frame, store)
+    try:
+        claims, claims_error = recipe.claims(frame, store), None
+    except UserError:
+        raise
+    except Exception as e:  # e.g. every run of a claim failed: the runs stay stored, the command exits 1
+        claims, claims_error = [], f"{type(e).__name__}: {e}"
     outdir = recipe.report_dir(reports_dir, scale)
     outdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -273,7 +278,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     from framework.tracking import code_version
     verdict = {
         "experiment": recipe.name, "scale": scale, "claims": [asdict(c) for c in claims],
-        "runs": frame["status"].value_counts().to_dict(), "failed": failed,
+        "runs": frame["status"].value_counts().to_dict(), "failed": failed, "claims_error": claims_error,
         "figures": [str(f.relative_to(outdir)) for f in figures],
         "figure_error": figure_error, "code": code_version(), "wall_s": round(time.time() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
