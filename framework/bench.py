@@ -171,6 +171,8 @@ def run(size: str = "small", device: str | None = None, cases: list[str] | None 
         if size == "full" and device == "cpu":
             settings = {**SIZES[size], **case.full_on_cpu}
         cfg = _config(case, size, device, extra or {})
+        from framework.runner import set_threads
+        set_threads(cfg)  # both sides on the threads a run of this config gets
         splits = _splits(case, case.n_samples[size])
         ours, plain = [], []
         for _ in range(settings["repeats"]):  # alternate, so drift in machine load hits both sides alike

@@ -212,3 +212,35 @@ def test_concurrent_writers_never_leave_a_torn_file(tmp_path):
         w.join()
         assert w.exitcode == 0
     assert reads > 10 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_submit_from_a_folder_with_spaces_and_shell_syntax(slurm, tmp_path):
+    """The working directory and the manifest path are quoted in the script: a space does not split them and
+    `$(...)` in a folder name never runs."""
+    where = tmp_path / "my runs $(touch pwned) 'q'"
+    where.mkdir()
+    r = repro("submit", "double_descent", "--scale", "smoke", *QUICK, "grid.model.width=[4]", "--runs-dir",
+              str(where / "runs"), env=slurm, cwd=where)
+    assert r.returncode == 0, r.stderr
+    wait_for_queue("repro-double_descent")
+    (summary,) = list((where / "runs" / "double_descent").glob("*/summary.json"))
+    assert json.loads(summary.read_text())["train_loss"] >= 0
+    assert not list(tmp_path.rglob("pwned")) and not (ROOT / "pwned").exists()
+    logs = list((where / "runs" / "double_descent" / "_slurm").glob("*/logs/*.out"))
+    assert logs and "task 0 of job" in logs[0].read_text()
+
+
+def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_path):
+    runs_dir = tmp_path / "runs"
+    slow = [*QUICK, "trainer.max_epochs=300"]  # long enough to be still queued or running at the second submit
+    first = repro("submit", "double_descent", "--scale", "smoke", *slow, "--runs-dir", str(runs_dir), env=slurm)
+    assert first.returncode == 0 and "4 runs in 4 array tasks" in first.stdout, first.stderr
+    second = repro("submit", "double_descent", "--scale", "smoke", *slow, "--runs-dir", str(runs_dir), env=slurm)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to submit" in second.stdout and "pending or running" in second.stdout, second.stdout
+    assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1
+    wait_for_queue("repro-double_descent", 600)
+    store = RunStore(runs_dir)
+    for run_id in store.run_ids("double_descent"):
+        status = store.status_record("double_descent", run_id)
+        assert status["status"] == "done" and status["attempt"] == 1

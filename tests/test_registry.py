@@ -96,7 +96,12 @@ def test_datasets(dataset, tiny, store, cifar_root):
         assert len(splits.x_train) == n_train and splits.n_classes == (100 if dataset == "cifar100" else 10)
     else:
         assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == (1797 if dataset == "digits" else 240)
-    assert splits.x_train[0].numel() == splits.n_features
+    features = {"digits": 64, "gaussian": 6, "regression1d": 1, "wilson": 3 + 5 * 240, "mnist": 784,
+                "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072}[dataset]
+    assert splits.x_train[0].numel() == features
+    from framework.data import input_shape
+    assert tuple(input_shape(cfg.data)[0]) == splits.in_shape and input_shape(cfg.data)[1] == splits.n_outputs, \
+        "the shape the memory check assumes is the shape the data has"
     _steps(cfg, store)
 
 
