@@ -78,10 +78,12 @@ def queued_runs(store: RunStore, experiment: str) -> set[str]:
             jobs[(job_dir / "job_id").read_text().strip()] = job_dir
     if not jobs or shutil.which("squeue") is None:
         return set()
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%A|%a|%T"], capture_output=True,
+    # by job name, not by id: squeue rejects the whole query when one id has left the queue
+    out = subprocess.run(["squeue", "-h", "-r", "-n", f"repro-{experiment}", "-o", "%A|%a|%T"], capture_output=True,
                          text=True, timeout=30)
-    if out.returncode != 0:  # e.g. every one of these jobs has left the queue (squeue then rejects the ids)
-        return set()
+    if out.returncode != 0:
+        raise UserError(f"squeue failed ({out.returncode}): {(out.stderr or out.stdout).strip()[:200]}; cannot tell "
+                        f"which runs of {experiment} are queued, so nothing was submitted")
     queued = set()
     for line in out.stdout.split():
         job, task, _state = line.split("|")

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
-
-import torch
 
 from framework.config import RunConfig, config_hash, dump_yaml, flatten, in_identity_exempt, to_dict
 from framework.data import TensorDataModule, build_splits
@@ -306,9 +305,9 @@ def _attempt(cfg, store, run_id, scale, force, progress, extra_callbacks, lead, 
         return {"run_id": run_id, "experiment": exp, "variant": cfg.variant, "status": "failed",
                 "error": f"{type(e).__name__}: {e}"}
     finally:
-        SIGNALS.phase = "idle"
         if wandb_logger is not None:
             import wandb
-            wandb.finish()
+            wandb.finish()  # still in persist: a signal now waits until the W&B run is closed
         if task is not None:
             progress.remove_task(task)
+        SIGNALS.phase = "idle"

@@ -82,7 +82,7 @@ def strict_json(data, **kwargs) -> str:
 
 
 def _hint(path: Path) -> str:
-    return f"delete it, or rerun with --force to train the run again"
+    return f"delete {path.name}, or rerun with --force to train the run again"
 
 
 def read_json_file(path: Path) -> dict:
@@ -259,7 +259,7 @@ class RunStore:
         status = record.get("status", "pending")
         if status not in STATUSES:
             raise StoreError(f"{self.run_dir(experiment, run_id) / 'status.json'} is damaged (status "
-                             f"{status!r}): {_hint(self.run_dir(experiment, run_id))}")
+                             f"{status!r}): {_hint(self.run_dir(experiment, run_id) / 'status.json')}")
         return status
 
     def is_finished(self, experiment: str, run_id: str) -> bool:

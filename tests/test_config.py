@@ -144,3 +144,17 @@ def test_ddp_shares_of_a_batch_are_equal_or_refused():
     check_shares(n_train=101, batch_size=50, world=1)
     with pytest.raises(UserError, match="last batch"):
         check_shares(n_train=101, batch_size=50, world=2)
+
+
+def test_threads_come_from_the_config_then_slurm_then_one(monkeypatch):
+    import torch
+    from framework.runner import set_threads
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+        assert set_threads(RunConfig()) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+        assert set_threads(RunConfig()) == 2 and torch.get_num_threads() == 2
+        assert set_threads(apply(RunConfig(), {"trainer.threads": 1})) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

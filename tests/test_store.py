@@ -56,7 +56,7 @@ def test_two_concurrent_suites_train_each_run_once(tmp_path):
         pd.testing.assert_frame_equal(shared.read_frame("vanishing_gradients", run_id, "metrics.csv"),
                                       alone.read_frame("vanishing_gradients", run_id, "metrics.csv"))
     assert trainers <= {p.pid for p in procs}
-    verdicts = [json.loads((tmp_path / f"reports{i}" / "vanishing_gradients" / "smoke" / "verdict.json").read_text())
+    verdicts = [_strict((tmp_path / f"reports{i}" / "vanishing_gradients" / "smoke" / "verdict.json").read_text())
                 for i in range(2)]
     assert verdicts[0]["claims"] == verdicts[1]["claims"]
 
