@@ -13,6 +13,21 @@ from tests.conftest import repro
     ("model.activation=sigmod", ["model.activation", "did you mean 'sigmoid'"]),
     ("optim.lr=-1", ["optim.lr", "> 0"]),
     ("grid.model.width=[3]", ["grid axis", "model.width"]),
+    ("model.width=1000000000", ["model.width", "parameters", "GiB", "more than this machine"]),
+])
+def test_cli_config_errors_exit_2_with_one_line(override, must_name, tmp_path):
+    r = repro("run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir", str(tmp_path / "runs"),
+              "--reports-dir", str(tmp_path / "reports"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for text in must_name:
+        assert text in r.stderr
+    assert not (tmp_path / "runs").exists(), "a bad config must not start any run"
+
+
+@pytest.mark.parametrize("override, must_name", [
     ("trainer.precision=fp17", ["trainer.precision", "bf16-mixed"]),
     ("trainer.devices=0", ["trainer.devices", ">= 1"]),
     ("seed=-1", ["seed", "[0, 2**32)"]),
@@ -23,13 +38,15 @@ from tests.conftest import repro
     ("optim.base_batch_size=-8", ["optim.base_batch_size", ">= 0"]),
     ("optim.lr=.inf", ["optim.lr", "finite"]),
     ("optim.momentum=.nan", ["optim.momentum", "finite"]),
-    ("model.width=1000000000", ["model.width", "parameters", "GiB", "more than this machine"]),
     ("trainer.threads=-1", ["trainer.threads", ">= 0"]),
 ])
-def test_cli_config_errors_exit_2_with_one_line(override, must_name, tmp_path):
-    r = repro("run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir", str(tmp_path / "runs"),
-              "--reports-dir", str(tmp_path / "reports"))
-    assert r.returncode == 2, r.stdout + r.stderr
+def test_values_that_used_to_fail_late_exit_2_at_load(override, must_name, tmp_path):
+    """The same CLI, in this process (typer's runner: no interpreter start per case)."""
+    from typer.testing import CliRunner
+    from framework.cli import app
+    r = CliRunner().invoke(app, ["run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir",
+                                 str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")])
+    assert r.exit_code == 2, r.output
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
