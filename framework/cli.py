@@ -86,18 +86,21 @@ def run(
     reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")), help="verdicts and figures"),
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
-    from framework.preemption import Stop
+    from framework.preemption import SIGNALS, Stop
     from framework.recipe import run_suite
     from framework.store import RunStore
     try:
         recipes, names = _recipes(), _names(experiment)
         verdicts = []
-        for name in names:
-            recipe = recipes.get(name)()
-            verdicts.append(run_suite(recipe, scale, overrides or [], RunStore(runs_dir), reports_dir, force, console))
-            if verdicts[-1]["claims"]:
-                console.print(f"wrote {recipe.report_dir(reports_dir, verdicts[-1]['scale'])}/verdict.json and figures "
-                              f"({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); runs: {verdicts[-1]['runs']}")
+        with SIGNALS.owned():  # for the whole command: between recipes too
+            for name in names:
+                recipe = recipes.get(name)()
+                verdicts.append(run_suite(recipe, scale, overrides or [], RunStore(runs_dir), reports_dir, force,
+                                          console))
+                if verdicts[-1]["claims"]:
+                    console.print(f"wrote {recipe.report_dir(reports_dir, verdicts[-1]['scale'])}/verdict.json and "
+                                  f"figures ({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); "
+                                  f"runs: {verdicts[-1]['runs']}")
         from framework.runner import is_lead_process
         if is_lead_process():
             print_verdicts(verdicts)

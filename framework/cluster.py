@@ -11,7 +11,6 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ from string import Template
 import yaml
 
 from framework.config import config_hash, from_dict, to_dict
-from framework.preemption import slurm_job_id
 from framework.registry import UserError, suggest
 from framework.store import RunStore, atomic_write, describe_owner
 
@@ -153,7 +151,7 @@ def work(manifest_path: Path, task: int) -> int:
             SIGNALS.check("between runs")
             summary = train(from_dict(cfg_dict), store, scale=manifest["scale"])
         except Stop as e:
-            requeued = SIGNALS.requested == signal.SIGUSR1 and slurm_job_id() is not None
+            requeued = SIGNALS.requeue()  # already asked for when the signal was USR1 under SLURM
             print(f"stopped: {e}{' (requeued)' if requeued else ''}", flush=True)
             return 0 if requeued else 128 + e.signum
         except RunBusy as e:

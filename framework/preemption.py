@@ -17,6 +17,7 @@ The exit codes that follow are in framework/cli.py (EXIT_*).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,6 +61,7 @@ class StopSignals:
     def __init__(self):
         self.requested: int | None = None
         self.phase = "idle"
+        self.requeued = False
         self._previous: dict[int, object] = {}
 
     def install(self) -> bool:
@@ -69,6 +71,17 @@ class StopSignals:
         for signum in STOPS:
             self._previous[signum] = signal.signal(signum, self._handle)
         return True
+
+    @contextlib.contextmanager
+    def owned(self):
+        """Owns the signals for the block, unless an outer block (the command, the array task) already does."""
+        mine = self.install()
+        try:
+            yield self
+        finally:
+            if mine:
+                self.uninstall()
+                self.reset()
 
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():
@@ -83,21 +96,25 @@ class StopSignals:
         raise STOPS[signum](f"{STOPS[signum].reason} by signal {signal.Signals(signum).name}")
 
     def check(self, where: str) -> None:
-        """Raises the pending stop, if any (called between runs and between a run's phases)."""
+        """Raises the pending stop, if any (called between runs and between a run's phases); a USR1 under
+        SLURM asks for the requeue first."""
         if self.requested is not None:
+            self.requeue()
             raise STOPS[self.requested](f"{STOPS[self.requested].reason} by signal "
                                         f"{signal.Signals(self.requested).name} {where}")
 
     def requeue(self) -> bool:
-        """Asks SLURM to requeue this array task (USR1 only); False when not under SLURM."""
+        """Asks SLURM, once, to requeue this job (USR1 only); False when not under SLURM or not asked."""
         job = slurm_job_id()
         if self.requested != signal.SIGUSR1 or not job:
             return False
-        subprocess.run(["scontrol", "requeue", job], check=False, timeout=30)
+        if not self.requeued:
+            subprocess.run(["scontrol", "requeue", job], check=False, timeout=30)
+            self.requeued = True
         return True
 
     def reset(self) -> None:
-        self.requested, self.phase = None, "idle"
+        self.requested, self.phase, self.requeued = None, "idle", False
 
 
 SIGNALS = StopSignals()

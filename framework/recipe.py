@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +231,8 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     started = time.time()
     failed: list[dict] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    SIGNALS.install()  # the task owns USR1, TERM and INT from here on, between runs too
-    with Progress(*columns, console=console, transient=False, disable=console is None) as progress:
+    # the task owns USR1, TERM and INT from here on, between runs too
+    with SIGNALS.owned(), Progress(*columns, console=console, transient=False, disable=console is None) as progress:
         suite = progress.add_task(f"{recipe.name} [{scale}]", total=len(runs))
         pending, told = list(runs), False
         while pending:

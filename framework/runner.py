@@ -178,18 +178,15 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
         return {**store.summary(exp, run_id), "skipped": True}
     lead = is_lead_process()  # only rank 0 owns the run and writes the store (and W&B, through Lightning)
     lock = store.lock(exp, run_id) if lead else None
-    own_signals = SIGNALS.install()
     try:
-        if lead and not force and store.is_finished(exp, run_id):  # finished by another process meanwhile
-            check_stored_config(cfg, store, run_id)
-            return {**store.summary(exp, run_id), "skipped": True}
-        return _attempt(cfg, store, run_id, scale, force, progress, callbacks, lead, lock)
+        with SIGNALS.owned():
+            if lead and not force and store.is_finished(exp, run_id):  # finished by another process meanwhile
+                check_stored_config(cfg, store, run_id)
+                return {**store.summary(exp, run_id), "skipped": True}
+            return _attempt(cfg, store, run_id, scale, force, progress, callbacks, lead, lock)
     finally:
         if lock is not None:
             lock.release()
-        if own_signals:
-            SIGNALS.uninstall()
-            SIGNALS.reset()
 
 
 def _attempt(cfg, store, run_id, scale, force, progress, extra_callbacks, lead, lock) -> dict:
