@@ -205,7 +205,9 @@ def _attempt(cfg, store, run_id, scale, force, progress, extra_callbacks, lead, 
         if force:
             checkpoint.unlink(missing_ok=True)
         resume = usable_checkpoint(store, exp, run_id)
-        attempt = int(previous.get("attempt", 0)) + (resume is None)
+        if resume is not None:
+            check_stored_config(cfg, store, run_id)  # a checkpoint continues only the config that wrote it
+        attempt = max(1, int(previous.get("attempt", 0)) + (resume is None))
         if resume is None:
             store.start_fresh(exp, run_id)
         else:

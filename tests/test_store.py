@@ -275,3 +275,22 @@ def test_a_truncated_status_is_an_error_not_pending(store):
     path.write_text('{"status": "do')
     with pytest.raises(StoreError, match="status.json is damaged"):
         store.is_finished("test", "abc")
+
+
+def test_a_checkpoint_is_not_resumed_under_a_changed_default(tiny, store, monkeypatch):
+    import pytorch_lightning as pl
+    from framework.preemption import Preempted
+
+    class SignalAt(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    cfg = tiny(trainer__max_epochs=3)
+    with pytest.raises(Preempted):
+        train(cfg, store, callbacks=[SignalAt()])
+    assert store.checkpoint("test", config_hash(cfg)).exists()
+    change_default(monkeypatch, DataConfig, "val_fraction", 0.30)
+    with pytest.raises(UserError, match="data.val_fraction: stored 0.15, today 0.3"):
+        train(tiny(trainer__max_epochs=3), store)
+    assert store.status("test", config_hash(cfg)) == "pending", "nothing was touched"
