@@ -128,11 +128,16 @@ class Preemption(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.signals.phase = "fit"
+
+    def on_train_start(self, trainer, pl_module):
         if self.signals._previous:
-            # Lightning's own SIGTERM handler (registered as fit starts) ends fit with SystemExit(0) at the next
-            # batch, with no checkpoint and exit status 0: the task's handler takes SIGTERM back for the fit
-            # (Lightning restores the task's handler when fit ends).
+            # Lightning registers its own SIGTERM handler after on_fit_start; it ends fit with SystemExit(0) at
+            # the next batch, with no checkpoint and exit status 0. The task's handler takes SIGTERM back for
+            # the fit (Lightning restores the handler it found, the task's, when fit ends).
             signal.signal(signal.SIGTERM, self.signals._handle)
+            # a SIGTERM in the instant between the two also set the task's flag: it is handled here, not by
+            # Lightning's SystemExit(0)
+            trainer._signal_connector.received_sigterm = False
 
     def on_fit_end(self, trainer, pl_module):
         self.signals.phase = "persist"

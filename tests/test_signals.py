@@ -185,3 +185,30 @@ def test_failed_runs_are_printed_and_the_command_exits_1(tmp_path):
     assert "2 runs failed" in r.stderr
     (first, second), _, _ = statuses(tmp_path, "trainer.accelerator=tpu")
     assert first["status"] == second["status"] == "failed"
+
+
+@pytest.mark.parametrize("step", [15, 16])  # the last batch of an epoch (the stop waits a batch), the first
+def test_sigterm_on_any_batch_checkpoints_and_resumes_exactly(step, tiny, tmp_path):
+    """Lightning's own SIGTERM handler would end fit with SystemExit(0) at the end of an epoch's last batch."""
+    import pytorch_lightning as pl
+    from framework.config import config_hash
+    from framework.preemption import Terminated
+    from framework.runner import train
+
+    class TermAt(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = tiny(trainer__max_epochs=5, data__n_samples=400)
+    reference = train(cfg, RunStore(tmp_path / "ref"))
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Terminated):
+        train(cfg, store, callbacks=[TermAt()])
+    status = store.status_record("test", config_hash(cfg))
+    assert status["status"] == "pending" and status["stopped"] == "terminated"
+    resumed = train(cfg, store)
+    for key in ("train_loss", "val_loss", "test_acc", "steps"):
+        assert resumed[key] == reference[key], key
+    pd.testing.assert_frame_equal(store.read_frame("test", resumed["run_id"], "metrics.csv"),
+                                  RunStore(tmp_path / "ref").read_frame("test", resumed["run_id"], "metrics.csv"))
