@@ -41,7 +41,7 @@ def _names(experiment: str) -> list[str]:
     return names
 
 
-EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 1, 2  # the others: 0, and 128 + a signal's number (_stopped)
 
 
 def _fail(e: Exception):
@@ -116,8 +116,9 @@ def run(
     for v in broken:
         err.print(escape(f"claims of {v['experiment']} not computed: {_one_line(v['claims_error'])}"),
                   highlight=False, soft_wrap=True)
-    if failed or broken:
+    if failed:
         err.print(f"{len(failed)} runs failed (retried on the next launch); exit status {EXIT_RUNS_FAILED}")
+    if failed or broken:
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 

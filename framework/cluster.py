@@ -144,27 +144,27 @@ def work(manifest_path: Path, task: int) -> int:
     from framework.store import RunBusy
     manifest = json.loads(Path(manifest_path).read_text())
     store = RunStore(manifest["runs_dir"])
-    SIGNALS.install()
     failed = 0
-    for cfg_dict in manifest["tasks"][task]:
-        try:
-            SIGNALS.check("between runs")
-            summary = train(from_dict(cfg_dict), store, scale=manifest["scale"])
-        except Stop as e:
-            requeued = SIGNALS.requeue()  # already asked for when the signal was USR1 under SLURM
-            print(f"stopped: {e}{' (requeued)' if requeued else ''}", flush=True)
-            return 0 if requeued else 128 + e.signum
-        except RunBusy as e:
-            print(f"{e.run_dir.name}: skipped, owned by {describe_owner(e.owner)}", flush=True)
-            continue
-        except UserError as e:
-            print(f"error: {e}", flush=True)
-            failed += 1
-            continue
-        print(f"{summary.get('run_id')} {summary.get('variant')}: {summary.get('status')}"
-              f"{' (skipped: finished)' if summary.get('skipped') else ''}"
-              f"{': ' + str(summary.get('error')) if summary.get('status') == 'failed' else ''}", flush=True)
-        failed += summary.get("status") == "failed"
+    with SIGNALS.owned():
+        for cfg_dict in manifest["tasks"][task]:
+            try:
+                SIGNALS.check("between runs")
+                summary = train(from_dict(cfg_dict), store, scale=manifest["scale"])
+            except Stop as e:
+                requeued = SIGNALS.requeue()  # already asked for when the signal was USR1 under SLURM
+                print(f"stopped: {e}{' (requeued)' if requeued else ''}", flush=True)
+                return 0 if requeued else 128 + e.signum
+            except RunBusy as e:
+                print(f"{e.run_dir.name}: skipped, owned by {describe_owner(e.owner)}", flush=True)
+                continue
+            except UserError as e:
+                print(f"error: {e}", flush=True)
+                failed += 1
+                continue
+            print(f"{summary.get('run_id')} {summary.get('variant')}: {summary.get('status')}"
+                  f"{' (skipped: finished)' if summary.get('skipped') else ''}"
+                  f"{': ' + str(summary.get('error')) if summary.get('status') == 'failed' else ''}", flush=True)
+            failed += summary.get("status") == "failed"
     return 1 if failed else 0
 
 

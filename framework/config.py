@@ -291,7 +291,6 @@ def validate(cfg: RunConfig) -> None:
     if cfg.tracking.mode not in TRACKING_MODES:
         raise UserError(f"tracking.mode: unknown mode '{cfg.tracking.mode}'{suggest(cfg.tracking.mode, TRACKING_MODES)}; "
                         f"choices: {', '.join(TRACKING_MODES)}")
-    flat = flatten(to_dict(cfg))
     for key, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{key}: must be a finite number, got {value!r}")

@@ -89,9 +89,10 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum, frame):
-        again = self.requested is not None
+        second_ctrl_c = signum == signal.SIGINT and self.requested is not None
         self.requested = self.requested or signum
-        if signum == signal.SIGUSR1 or self.phase in ("fit", "persist") and not (again and signum == signal.SIGINT):
+        deferred = signum == signal.SIGUSR1 or (self.phase in ("fit", "persist") and not second_ctrl_c)
+        if deferred:
             return  # acted on at the next step boundary, or once the run is stored
         raise STOPS[signum](f"{STOPS[signum].reason} by signal {signal.Signals(signum).name}")
 

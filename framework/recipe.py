@@ -292,8 +292,7 @@ POLL_S = 2.0  # how often a suite looks at runs another process owns
 
 def _jsonable(v):
     try:
-        v = float(v)
-        return v if v == v and abs(v) != float("inf") else None
+        return float(v)
     except (TypeError, ValueError):
         return str(v)
 

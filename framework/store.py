@@ -78,6 +78,9 @@ def strict_json(data, **kwargs) -> str:
         if isinstance(v, float) and not math.isfinite(v):
             return None
         return v
+    if kwargs.get("default") is not None:  # what `default` turns an object into is cleaned too
+        default = kwargs.pop("default")
+        kwargs["default"] = lambda o: clean(default(o))
     return json.dumps(clean(data), allow_nan=False, **kwargs)
 
 

@@ -19,11 +19,15 @@ def test_cli_config_errors_exit_2_with_one_line(override, must_name, tmp_path):
     r = repro("run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir", str(tmp_path / "runs"),
               "--reports-dir", str(tmp_path / "reports"))
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
+    assert_one_line_naming(r.stderr, must_name, tmp_path)
+
+
+def assert_one_line_naming(stderr: str, must_name: list[str], tmp_path) -> None:
+    assert "Traceback" not in stderr
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
     for text in must_name:
-        assert text in r.stderr
+        assert text in stderr
     assert not (tmp_path / "runs").exists(), "a bad config must not start any run"
 
 
@@ -47,12 +51,7 @@ def test_values_that_used_to_fail_late_exit_2_at_load(override, must_name, tmp_p
     r = CliRunner().invoke(app, ["run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir",
                                  str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")])
     assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    for text in must_name:
-        assert text in r.stderr
-    assert not (tmp_path / "runs").exists(), "a bad config must not start any run"
+    assert_one_line_naming(r.stderr, must_name, tmp_path)
 
 
 def test_cli_unknown_experiment_and_scale(tmp_path):
