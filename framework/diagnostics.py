@@ -22,6 +22,10 @@ class Diagnostics(pl.Callback):
         self._hooks = []
 
     def on_fit_start(self, trainer, pl_module):
+        # a fused group (framework/fused.py) stacks its K members' weights on dim 0 and their rows on the batch
+        # dimension; each member's norms and saturation are measured on its own slice and go to its own loggers
+        self.k = getattr(pl_module, "k", 1)
+        self._member_loggers = [m.loggers for m in pl_module.members] if self.k > 1 else [trainer.loggers]
         self._layers = linear_layers(pl_module.net)
         # a Python hook with a host sync would break a compiled graph: no saturation under torch.compile
         self._activations = [] if pl_module.cfg.trainer.compile else activation_modules(pl_module.net)
@@ -30,7 +34,8 @@ class Diagnostics(pl.Callback):
         def hook(module, inputs, output):
             if self._capture:
                 slope = act.slope(inputs[0].detach(), output.detach())
-                self._saturation[index] = (slope < self.threshold * act.max_slope).float().mean()  # read later
+                low = (slope < self.threshold * act.max_slope).float()
+                self._saturation[index] = low.reshape(self.k, -1).mean(1)  # read later
         return hook
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -47,31 +52,39 @@ class Diagnostics(pl.Callback):
         step = trainer.global_step
         # every norm and saturation of the step in one read from the device: per-value reads cost a 50-layer
         # net about a millisecond per measured step
-        nan = torch.tensor(float("nan"), device=pl_module.device)  # the norm of a layer without a gradient
-        grads = [nan if layer.weight.grad is None else layer.weight.grad for layer in self._layers]
-        weights = [layer.weight.detach() for layer in self._layers]
-        values = torch.stack([*torch._foreach_norm(grads), *torch._foreach_norm(weights),
-                              *(self._saturation[i] for i in sorted(self._saturation))]).tolist()
+        k = self.k
+        nan = torch.full((k,), float("nan"), device=pl_module.device)  # the norm of a layer without a gradient
+        per_member = lambda t: t.reshape(k, -1).norm(dim=1)  # noqa: E731 - one norm per member
+        grads = [nan if layer.weight.grad is None else per_member(layer.weight.grad) for layer in self._layers]
+        weights = [per_member(layer.weight.detach()) for layer in self._layers]
+        values = torch.stack([*grads, *weights, *(self._saturation[i] for i in sorted(self._saturation))]).T.tolist()
         n = len(self._layers)
-        grad_norm, weight_norm = values[:n], values[n:2 * n]
-        saturation = dict(zip(sorted(self._saturation), values[2 * n:]))
-        scalars = {}
-        for i in range(n):
-            row = {"step": step, "layer": i, "grad_norm": grad_norm[i], "weight_norm": weight_norm[i],
-                   "saturation": saturation.get(i, float("nan"))}
-            self.rows.append(row)
-            scalars[f"grad_norm/layer_{i:02d}"] = row["grad_norm"]
-            scalars[f"weight_norm/layer_{i:02d}"] = row["weight_norm"]
-            if i in saturation:
-                scalars[f"saturation/layer_{i:02d}"] = row["saturation"]
-        if saturation:
-            scalars["diag/saturation_mean"] = sum(saturation.values()) / len(saturation)
-        scalars["diag/grad_norm_first"] = grad_norm[0]
-        scalars["diag/grad_norm_last"] = grad_norm[-1]
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_metrics(scalars, step=step)
+        active = [i for i in range(k)] if k == 1 else pl_module.active
+        for member in active:
+            v = values[member]
+            grad_norm, weight_norm = v[:n], v[n:2 * n]
+            saturation = dict(zip(sorted(self._saturation), v[2 * n:]))
+            scalars = {}
+            for i in range(n):
+                row = {"step": step, "layer": i, "grad_norm": grad_norm[i], "weight_norm": weight_norm[i],
+                       "saturation": saturation.get(i, float("nan"))}
+                self.rows.append({**row, "member": member})
+                scalars[f"grad_norm/layer_{i:02d}"] = row["grad_norm"]
+                scalars[f"weight_norm/layer_{i:02d}"] = row["weight_norm"]
+                if i in saturation:
+                    scalars[f"saturation/layer_{i:02d}"] = row["saturation"]
+            if saturation:
+                scalars["diag/saturation_mean"] = sum(saturation.values()) / len(saturation)
+            scalars["diag/grad_norm_first"] = grad_norm[0]
+            scalars["diag/grad_norm_last"] = grad_norm[-1]
+            for logger in self._member_loggers[member]:
+                if isinstance(logger, WandbLogger):
+                    logger.log_metrics(scalars, step=step)
         self._capture = False
+
+    def member_rows(self, member: int) -> list[dict]:
+        """The rows of one member of the fit (member 0 of a single run), without the member column."""
+        return [{k: v for k, v in r.items() if k != "member"} for r in self.rows if r.get("member", 0) == member]
 
     # rows travel in checkpoints, so a resumed run keeps the matrix measured before it stopped
     def state_dict(self):

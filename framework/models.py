@@ -131,7 +131,8 @@ def build_model(cfg, in_shape: tuple[int, ...], n_out: int) -> nn.Module:
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
     """Weight layers from input to output: the depth axis of the gradient-norm matrix."""
-    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    from framework.fused import FusedConv2d, FusedLinear  # a fused group's stacked layers (framework/fused.py)
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, FusedLinear, FusedConv2d))]
 
 
 def activation_modules(model: nn.Module) -> list[tuple[nn.Module, Activation]]:

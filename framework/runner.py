@@ -1,6 +1,7 @@
 """Train one run: config in, a Lightning fit, metrics and status in the run store and W&B."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -24,7 +25,8 @@ from framework.module import build_module
 from framework.optim import effective_lr
 from framework.preemption import SIGNALS, Preempted, Preemption, Stop
 from framework.registry import UserError
-from framework.store import RunLock, RunStore, StoreError
+from framework.fused import fused_steps
+from framework.store import RunBusy, RunLock, RunStore, StoreError, atomic_write
 from framework.tracking import make_wandb_logger
 
 
@@ -151,10 +153,9 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def usable_checkpoint(store: RunStore, experiment: str, run_id: str) -> Path | None:
-    """The run's checkpoint when it loads; a damaged one (cut short, not a checkpoint) is set aside, with a
-    line saying so, and the run starts again from step 0."""
-    path = store.checkpoint(experiment, run_id)
+def usable_checkpoint(store: RunStore, path: Path) -> Path | None:
+    """The checkpoint when it loads; a damaged one (cut short, not a checkpoint) is set aside, with a line
+    saying so, and the run (or group) starts again from step 0."""
     if not path.exists():
         return None
     try:
@@ -169,144 +170,245 @@ def usable_checkpoint(store: RunStore, experiment: str, run_id: str) -> Path | N
 
 def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False, progress=None,
           callbacks: tuple = ()) -> dict:
-    """Runs cfg unless the store already holds it finished; returns its summary (with 'status').
-    Raises RunBusy when another live process owns the run, and a `Stop` when a signal ended the task.
-    `callbacks`: extra Lightning callbacks for this run (they do not change its identity)."""
-    run_id, exp = config_hash(cfg), cfg.experiment
-    if not force and store.is_finished(exp, run_id):
-        check_stored_config(cfg, store, run_id)
-        return {**store.summary(exp, run_id), "skipped": True}
-    lead = is_lead_process()  # only rank 0 owns the run and writes the store (and W&B, through Lightning)
-    lock = store.lock(exp, run_id) if lead else None
+    """Runs cfg unless the store already holds it finished; returns its summary (with 'status'). A group of one.
+    Raises RunBusy when another live process owns the run, and a `Stop` when a signal ended the task."""
+    (result,) = train_group([cfg], store, scale, force, progress, callbacks)
+    if isinstance(result, RunBusy):
+        raise result
+    return result
+
+
+def train_group(cfgs: list[RunConfig], store: RunStore, scale: str = "", force: bool = False, progress=None,
+                callbacks: tuple = ()) -> list:
+    """Trains the unfinished runs of `cfgs` together (one fused fit when there are several; the planner,
+    framework/planner.py, decides what may fuse) and returns, in order, each run's summary, or the RunBusy of a
+    run another live process owns (the others train without it).
+    `callbacks`: extra Lightning callbacks for the fit (they do not change any run's identity)."""
+    ids = [config_hash(c) for c in cfgs]
+    results: list = [None] * len(cfgs)
+
+    def reuse(i: int) -> bool:
+        if not force and store.is_finished(cfgs[i].experiment, ids[i]):
+            check_stored_config(cfgs[i], store, ids[i])
+            results[i] = {**store.summary(cfgs[i].experiment, ids[i]), "skipped": True}
+            return True
+        return False
+
+    todo = [i for i in range(len(cfgs)) if not reuse(i)]
+    lead = is_lead_process()  # only rank 0 owns runs and writes the store (and W&B, through Lightning)
+    locks: dict[int, RunLock | None] = {}
     try:
+        for i in todo:
+            try:
+                locks[i] = store.lock(cfgs[i].experiment, ids[i]) if lead else None
+            except RunBusy as e:
+                results[i] = e
         with SIGNALS.owned():
-            if lead and not force and store.is_finished(exp, run_id):  # finished by another process meanwhile
-                check_stored_config(cfg, store, run_id)
-                return {**store.summary(exp, run_id), "skipped": True}
-            return _attempt(cfg, store, run_id, scale, force, progress, callbacks, lead, lock)
+            # finished by another process meanwhile
+            members = [Member(cfgs[i], ids[i], locks[i]) for i in locks if not (lead and reuse(i))]
+            if members:
+                for i, out in zip([ids.index(m.run_id) for m in members],
+                                  _attempt(members, store, scale, force, progress, callbacks, lead)):
+                    results[i] = out
     finally:
-        if lock is not None:
-            lock.release()
+        for lock in locks.values():
+            if lock is not None:
+                lock.release()
+    return results
 
 
-def _attempt(cfg, store, run_id, scale, force, progress, extra_callbacks, lead, lock) -> dict:
-    """One attempt at a run: prepare, fit, evaluate, persist; every way out is recorded in status.json."""
-    exp = cfg.experiment
-    quiet_lightning()
-    run_dir = store.run_dir(exp, run_id)
-    checkpoint = store.checkpoint(exp, run_id)
-    writes = lambda: lead and (lock is None or not lock.lost)  # noqa: E731 - a run whose lock was taken over
-    resume, attempt = None, 0
-    if lead:
+class Member:
+    """One run of a fit (a group has one or more): its config, identity, lock and attempt."""
+
+    def __init__(self, cfg: RunConfig, run_id: str, lock: RunLock | None):
+        self.cfg, self.run_id, self.lock = cfg, run_id, lock
+        self.exp = cfg.experiment
+        self.attempt, self.module, self.splits, self.wandb = 0, None, None, None
+
+    def writes(self, lead: bool) -> bool:
+        return lead and (self.lock is None or not self.lock.lost)  # a run whose lock was taken over writes nothing
+
+    def set_status(self, store: RunStore, lead: bool, status: str, **extra) -> None:
+        if self.writes(lead):
+            store.set_status(self.exp, self.run_id, status, attempt=self.attempt, **extra)
+
+
+def group_checkpoint(store: RunStore, members: list[Member]) -> Path:
+    if len(members) == 1:
+        return store.checkpoint(members[0].exp, members[0].run_id)
+    return store.group_checkpoint(members[0].exp, [m.run_id for m in members])
+
+
+def _prepare_store(members: list[Member], store: RunStore, force: bool, lead: bool, checkpoint: Path) -> Path | None:
+    """Status `running` and config.yaml for every member; returns the checkpoint to resume, if usable."""
+    if not lead:
+        return checkpoint if checkpoint.exists() else None
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    resume = usable_checkpoint(store, checkpoint)
+    for m in members:
         try:
-            previous = store.status_record(exp, run_id)
+            previous = store.status_record(m.exp, m.run_id)
         except StoreError:
             previous = {}  # a damaged status is replaced by this attempt's
-        if force:
-            checkpoint.unlink(missing_ok=True)
-        resume = usable_checkpoint(store, exp, run_id)
         if resume is not None:
-            check_stored_config(cfg, store, run_id)  # a checkpoint continues only the config that wrote it
-        attempt = max(1, int(previous.get("attempt", 0)) + (resume is None))
+            check_stored_config(m.cfg, store, m.run_id)  # a checkpoint continues only the config that wrote it
+        m.attempt = max(1, int(previous.get("attempt", 0)) + (resume is None))
         if resume is None:
-            store.start_fresh(exp, run_id)
+            store.start_fresh(m.exp, m.run_id)
         else:
-            _keep_previous_attempt(store.lightning_dir(exp, run_id))
-        store.write_text(exp, run_id, "config.yaml", dump_yaml(cfg))
-        store.set_status(exp, run_id, "running", attempt=attempt, resumed_from=str(resume) if resume else None)
-    elif checkpoint.exists():
-        resume = checkpoint
+            _keep_previous_attempt(store.lightning_dir(m.exp, m.run_id))
+        store.write_text(m.exp, m.run_id, "config.yaml", dump_yaml(m.cfg))
+        m.set_status(store, lead, "running", resumed_from=str(resume) if resume else None,
+                     **({"group": str(checkpoint.parent)} if len(members) > 1 else {}))
+    if len(members) > 1:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(checkpoint.parent / "members.json", json.dumps([m.run_id for m in members]))
+    return resume
+
+
+def _build(members: list[Member], store: RunStore, scale: str) -> tuple:
+    """Data, nets and loggers of every member, each built exactly as an unfused run of its config builds them;
+    returns the module and data module Lightning fits (fused when there are several members)."""
+    from framework.fused import FusedDataModule, FusedModule
+    splits_cache: dict[str, object] = {}
+    datamodules = []
+    for m in members:
+        key = json.dumps(to_dict(m.cfg.data), sort_keys=True)
+        pl.seed_everything(m.cfg.seed, workers=False, verbose=False)
+        if key not in splits_cache:
+            splits_cache[key] = build_splits(m.cfg.data)
+        m.splits = splits_cache[key]
+        m.module = build_module(m.cfg, m.splits)
+        datamodules.append(TensorDataModule(m.splits, m.cfg.data, m.cfg.seed))
+        run_dir = store.run_dir(m.exp, m.run_id)
+        m.loggers = [CSVLogger(save_dir=str(run_dir), name="", version="lightning")]
+        m.wandb = make_wandb_logger(m.cfg, m.run_id, run_dir, scale, several=len(members) > 1)
+        if m.wandb is not None:
+            m.loggers.append(m.wandb)
+    if len(members) == 1:
+        return members[0].module, datamodules[0], members[0].loggers
+    return FusedModule([m.module for m in members], [m.loggers for m in members]), FusedDataModule(datamodules), []
+
+
+def _callbacks(members: list[Member], checkpoint: Path, extra, progress, task) -> list:
+    cfg = members[0].cfg
+    callbacks = [Preemption(checkpoint), *extra]
+    if cfg.diagnostics.enabled:
+        callbacks.append(Diagnostics(cfg.diagnostics.every_n_steps, cfg.diagnostics.saturation_threshold))
+    if len(members) == 1 and cfg.trainer.stop_at_train_acc > 0:  # a fused group stops each member itself
+        callbacks.append(EarlyStopping(monitor="train/acc", mode="max", patience=10**9, check_finite=False,
+                                       stopping_threshold=cfg.trainer.stop_at_train_acc - 1e-6,  # its test is strict
+                                       check_on_train_epoch_end=True))
+    if task is not None:
+        callbacks.append(StepProgress(progress, task))
+    return callbacks
+
+
+def _attempt(members: list[Member], store, scale, force, progress, extra_callbacks, lead) -> list[dict]:
+    """One attempt at a group of runs: prepare, fit, evaluate, persist; every way out is recorded in each
+    member's status.json. A single run is a group of one."""
+    quiet_lightning()
+    checkpoint = group_checkpoint(store, members)
+    resume = _prepare_store(members, store, force, lead, checkpoint)
     started = time.time()
-    wandb_logger = None
-    task = progress.add_task(f"  {cfg.variant}", total=None) if progress is not None else None
+    fused = len(members) > 1
+    label = members[0].cfg.variant if not fused else f"{len(members)} fused runs ({members[0].cfg.variant}, ...)"
+    task = progress.add_task(f"  {label}", total=None) if progress is not None else None
     try:
         SIGNALS.phase = "prepare"
-        set_threads(cfg)
-        pl.seed_everything(cfg.seed, workers=False, verbose=False)
-        splits = build_splits(cfg.data)
-        module = build_module(cfg, splits)
-        datamodule = TensorDataModule(splits, cfg.data, cfg.seed)
-        diagnostics = Diagnostics(cfg.diagnostics.every_n_steps, cfg.diagnostics.saturation_threshold)
-        loggers = [CSVLogger(save_dir=str(run_dir), name="", version="lightning")]
-        wandb_logger = make_wandb_logger(cfg, run_id, run_dir, scale)
-        if wandb_logger is not None:
-            loggers.append(wandb_logger)
-        callbacks = [Preemption(checkpoint), *extra_callbacks] + ([diagnostics] if cfg.diagnostics.enabled else [])
-        if cfg.trainer.stop_at_train_acc > 0:
-            callbacks.append(EarlyStopping(monitor="train/acc", mode="max", patience=10**9, check_finite=False,
-                                           stopping_threshold=cfg.trainer.stop_at_train_acc - 1e-6,  # its test is strict
-                                           check_on_train_epoch_end=True))
-        if task is not None:
-            callbacks.append(StepProgress(progress, task))
-        trainer = build_trainer(cfg, loggers, callbacks, run_dir)
+        set_threads(members[0].cfg)
+        module, datamodule, loggers = _build(members, store, scale)
+        diagnostics = None
+        callbacks = _callbacks(members, checkpoint, extra_callbacks, progress, task)
+        diagnostics = next((c for c in callbacks if isinstance(c, Diagnostics)), None)
+        trainer = build_trainer(members[0].cfg, loggers, callbacks, checkpoint.parent,
+                                **({"logger": False} if fused else {}))
         # whole-split evaluations run on the run's device (Lightning moves the module back to the CPU at the end
         # of fit): a CIFAR-sized split on a CPU would take minutes
         device = trainer.strategy.root_device
-        initial = module.to(device).evaluate(splits.x_train, splits.y_train)
+        initial = [m.module.to(device).evaluate(m.splits.x_train, m.splits.y_train) for m in members]
         SIGNALS.check("before training")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
-        SIGNALS.phase = "persist"  # from here a signal waits until the run is stored
+        SIGNALS.phase = "persist"  # from here a signal waits until the runs are stored
         if trainer.global_rank != 0:
-            return {"status": "done", "rank": trainer.global_rank}
-
-        module.to(device)
-        final = {split: module.evaluate(x, y) for split, (x, y) in {
-            "train": (splits.x_train, splits.y_train), "val": (splits.x_val, splits.y_val),
-            "test": (splits.x_test, splits.y_test)}.items() if len(x)}
-        diverged = module.diverged_step is not None or not math.isfinite(final["train"]["loss"])
-        diag = pd.DataFrame(diagnostics.rows)
-        metrics = tidy_metrics(store.lightning_dir(exp, run_id))
-        summary = {
-            "run_id": run_id, "experiment": exp, "variant": cfg.variant,
-            "status": "diverged" if diverged else "done",
-            "initial_train_loss": initial["loss"],
-            **{f"{split}_{k}": v for split, d in final.items() for k, v in d.items()},
-            "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
-            "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
-            "n_train": len(splits.x_train), "n_test": len(splits.x_test), "wall_s": round(time.time() - started, 3),
-            "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
-            **diagnostics_summary(diag),
-        }
-        if not writes():
-            raise RuntimeError(f"lost the lock of {run_dir} while training (its heartbeat stopped for longer than "
-                               f"{RunLock.stale_after():.0f} s and another process took it over): nothing written")
-        store.write_frame(exp, run_id, "metrics.csv", metrics)
-        store.write_frame(exp, run_id, "diagnostics.csv", diag)
-        store.write_json(exp, run_id, "summary.json", summary)
-        if wandb_logger is not None:
-            wandb_logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
-        store.set_status(exp, run_id, summary["status"], attempt=attempt, diverged_step=module.diverged_step,
-                         resumed_from=str(resume) if resume else None)
+            return [{"status": "done", "rank": trainer.global_rank}]
+        if fused:
+            module.unfuse()
+            for lg in module.member_loggers:
+                lg.save()
+        out = []
+        for k, m in enumerate(members):
+            steps, epochs = fused_steps(module, k, trainer) if fused else (trainer.global_step, trainer.current_epoch)
+            rows = diagnostics.member_rows(k) if diagnostics is not None else []
+            out.append(_persist(m, store, lead, device, initial[k], steps, epochs, rows, started, resume))
         checkpoint.unlink(missing_ok=True)
-        return summary
+        return out
     except Stop as e:
-        if writes():
-            saved = getattr(e, "checkpoint", None)
+        saved = getattr(e, "checkpoint", None)
+        for m in members:
             if saved or isinstance(e, Preempted):  # a checkpoint, or stopped before training: resumable
-                store.set_status(exp, run_id, "pending", attempt=attempt, stopped=e.reason,
-                                 preempted=isinstance(e, Preempted), checkpoint=str(saved) if saved else None)
+                m.set_status(store, lead, "pending", stopped=e.reason, preempted=isinstance(e, Preempted),
+                             checkpoint=str(saved) if saved else None)
             else:
-                store.set_status(exp, run_id, "failed", attempt=attempt, error=e.reason)
+                m.set_status(store, lead, "failed", error=e.reason)
+        if any(m.writes(lead) for m in members):
             SIGNALS.requeue()
         raise
     except UserError as e:
-        if writes():
-            store.set_status(exp, run_id, "failed", attempt=attempt, error=str(e))
+        for m in members:
+            m.set_status(store, lead, "failed", error=str(e))
         raise
     except KeyboardInterrupt:  # signals not owned here (not the main thread)
-        if writes():
-            store.set_status(exp, run_id, "failed", attempt=attempt, error="interrupted")
+        for m in members:
+            m.set_status(store, lead, "failed", error="interrupted")
         raise
     except Exception as e:  # a failed run is recorded and the suite goes on
-        if writes():
-            store.set_status(exp, run_id, "failed", attempt=attempt, error=f"{type(e).__name__}: {e}",
-                             traceback=traceback.format_exc(limit=20))
-        return {"run_id": run_id, "experiment": exp, "variant": cfg.variant, "status": "failed",
-                "error": f"{type(e).__name__}: {e}"}
+        for m in members:
+            m.set_status(store, lead, "failed", error=f"{type(e).__name__}: {e}",
+                         traceback=traceback.format_exc(limit=20))
+        return [{"run_id": m.run_id, "experiment": m.exp, "variant": m.cfg.variant, "status": "failed",
+                 "error": f"{type(e).__name__}: {e}"} for m in members]
     finally:
-        if wandb_logger is not None:
-            import wandb
-            wandb.finish()  # still in persist: a signal now waits until the W&B run is closed
+        for m in members:
+            if m.wandb is not None and m.wandb._experiment is not None:
+                m.wandb.experiment.finish()  # still in persist: a signal now waits until the W&B run is closed
         if task is not None:
             progress.remove_task(task)
         SIGNALS.phase = "idle"
+
+
+def _persist(m: Member, store: RunStore, lead: bool, device, initial: dict, steps: int, epochs: int, rows: list,
+             started: float, resume) -> dict:
+    """Evaluates one member on its splits and writes its metrics, diagnostics, summary and status."""
+    module, splits, cfg = m.module, m.splits, m.cfg
+    module.to(device)
+    final = {split: module.evaluate(x, y) for split, (x, y) in {
+        "train": (splits.x_train, splits.y_train), "val": (splits.x_val, splits.y_val),
+        "test": (splits.x_test, splits.y_test)}.items() if len(x)}
+    diverged = module.diverged_step is not None or not math.isfinite(final["train"]["loss"])
+    diag = pd.DataFrame(rows)
+    metrics = tidy_metrics(store.lightning_dir(m.exp, m.run_id))
+    summary = {
+        "run_id": m.run_id, "experiment": m.exp, "variant": cfg.variant,
+        "status": "diverged" if diverged else "done",
+        "initial_train_loss": initial["loss"],
+        **{f"{split}_{k}": v for split, d in final.items() for k, v in d.items()},
+        "steps": int(steps), "epochs": int(epochs),
+        "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
+        "n_train": len(splits.x_train), "n_test": len(splits.x_test), "wall_s": round(time.time() - started, 3),
+        "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
+        **diagnostics_summary(diag),
+    }
+    if not m.writes(lead):
+        raise RuntimeError(f"lost the lock of {store.run_dir(m.exp, m.run_id)} while training (its heartbeat stopped "
+                           f"for longer than {RunLock.stale_after():.0f} s and another process took it over): "
+                           f"nothing written")
+    store.write_frame(m.exp, m.run_id, "metrics.csv", metrics)
+    store.write_frame(m.exp, m.run_id, "diagnostics.csv", diag)
+    store.write_json(m.exp, m.run_id, "summary.json", summary)
+    if m.wandb is not None:
+        m.wandb.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
+    m.set_status(store, lead, summary["status"], diverged_step=module.diverged_step,
+                 resumed_from=str(resume) if resume else None)
+    return summary

@@ -9,6 +9,7 @@ A run has one owner at a time: the process holding `<run>/lock` (see RunLock).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -239,6 +240,26 @@ class RunStore:
 
     def slurm_dir(self, experiment: str) -> Path:
         return self.root / experiment / "_slurm"
+
+    def group_dir(self, experiment: str, run_ids: list[str]) -> Path:
+        """Where a fused group keeps its checkpoint and member list: named by its members, in order."""
+        name = hashlib.sha256(",".join(run_ids).encode()).hexdigest()[:12]
+        return self.root / experiment / "_groups" / name
+
+    def group_checkpoint(self, experiment: str, run_ids: list[str]) -> Path:
+        return self.group_dir(experiment, run_ids) / "checkpoint.ckpt"
+
+    def saved_groups(self, experiment: str) -> list[list[str]]:
+        """Member lists of the fused groups that left a checkpoint (a preempted group resumes as that group)."""
+        groups = []
+        for path in sorted((self.root / experiment / "_groups").glob("*/members.json")):
+            try:
+                members = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if (path.parent / "checkpoint.ckpt").exists() and isinstance(members, list):
+                groups.append([str(m) for m in members])
+        return groups
 
     def lock(self, experiment: str, run_id: str) -> RunLock:
         """Takes ownership of the run (raises RunBusy when another live process has it)."""

@@ -56,8 +56,9 @@ def code_version() -> dict[str, str]:
     return {"git_sha": sha, "git_dirty": str(bool(dirty)).lower()} if sha else {}
 
 
-def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = ""):
-    """A WandbLogger whose run id is the config hash, so a relaunch or requeue resumes the same W&B run."""
+def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = "", several: bool = False):
+    """A WandbLogger whose run id is the config hash, so a relaunch or requeue resumes the same W&B run.
+    several: one of the W&B runs of a fused group, open side by side in this process."""
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return None
@@ -72,6 +73,7 @@ def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = 
         job_type=cfg.variant[:64], name=f"{cfg.variant}-{run_id}"[:128], tags=tags, id=run_id, resume="allow",
         mode=mode, save_dir=str(save_dir), config={**to_dict(cfg), "run_id": run_id, "code": code_version()},
         settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True, x_disable_meta=False),
+        **({"reinit": "create_new"} if several else {}),
     )
     # Lightning always passes `anonymous`, which wandb now only warns about.
     logger._wandb_init.pop("anonymous", None)

@@ -1,0 +1,113 @@
+"""Batched optimizers for fused groups: every parameter is a stack of K members' parameters (dim 0), and every
+hyperparameter is a (K,) tensor, one value a member. Each rule is torch.optim's update written out per member
+(tests/test_fused.py checks them step by step against torch.optim): torch.optim has no per-member
+hyperparameters, so these are by hand. A member whose `active` entry is False is frozen: its parameters and
+optimizer state stay as they are (a diverged or early-stopped run inside a group that goes on)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from framework.registry import Registry
+
+# name -> (hyperparameters it reads from OptimConfig, its update rule)
+FUSED_OPTIMIZERS: Registry[tuple[tuple[str, ...], Callable]] = Registry("fused optimizer")
+
+
+def _b(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A (K,) hyperparameter shaped to broadcast over a stacked parameter (K, ...)."""
+    return h.view(-1, *([1] * (p.dim() - 1)))
+
+
+def _sgd(p, g, state, h, nesterov=False):
+    g = g + _b(h["weight_decay"], p) * p
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = torch.zeros_like(p)
+    buf = state["momentum_buffer"]
+    buf.mul_(_b(h["momentum"], p)).add_(g)
+    step = g + _b(h["momentum"], p) * buf if nesterov else buf
+    return p - _b(h["lr"], p) * step
+
+
+def _adam(p, g, state, h, decoupled=False):
+    if decoupled:
+        p = p * (1 - _b(h["lr"] * h["weight_decay"], p))
+    else:
+        g = g + _b(h["weight_decay"], p) * p
+    if "step" not in state:
+        state.update(step=torch.zeros(p.shape[0], device=p.device), exp_avg=torch.zeros_like(p),
+                     exp_avg_sq=torch.zeros_like(p))
+    state["step"] += h["active"].to(state["step"].dtype)  # a frozen member's step count stays
+    t = state["step"].clamp(min=1)
+    b1, b2 = _b(h["beta1"], p), _b(h["beta2"], p)
+    state["exp_avg"].mul_(b1).add_((1 - b1) * g)
+    state["exp_avg_sq"].mul_(b2).add_((1 - b2) * g * g)
+    bias1, bias2_sqrt = 1 - h["beta1"] ** t, (1 - h["beta2"] ** t).sqrt()
+    denom = state["exp_avg_sq"].sqrt() / _b(bias2_sqrt, p) + _b(h["eps"], p)
+    return p - _b(h["lr"] / bias1, p) * state["exp_avg"] / denom
+
+
+def _rmsprop(p, g, state, h, alpha=0.99):  # torch.optim.RMSprop's default alpha, not centered
+    g = g + _b(h["weight_decay"], p) * p
+    if "square_avg" not in state:
+        state.update(square_avg=torch.zeros_like(p), momentum_buffer=torch.zeros_like(p))
+    state["square_avg"].mul_(alpha).add_((1 - alpha) * g * g)
+    avg = state["square_avg"].sqrt() + _b(h["eps"], p)
+    buf = state["momentum_buffer"]
+    buf.mul_(_b(h["momentum"], p)).add_(g / avg)
+    return p - _b(h["lr"], p) * buf
+
+
+def _adagrad(p, g, state, h):
+    g = g + _b(h["weight_decay"], p) * p
+    if "sum" not in state:
+        state["sum"] = torch.zeros_like(p)
+    state["sum"].add_(g * g)
+    return p - _b(h["lr"], p) * g / (state["sum"].sqrt() + _b(h["eps"], p))
+
+
+FUSED_OPTIMIZERS.register("sgd")((("weight_decay",), lambda p, g, s, h: _sgd(p, g, s, {**h, "momentum": h["zero"]})))
+FUSED_OPTIMIZERS.register("momentum")((("momentum", "weight_decay"), _sgd))
+FUSED_OPTIMIZERS.register("nesterov")((("momentum", "weight_decay"), lambda p, g, s, h: _sgd(p, g, s, h, True)))
+FUSED_OPTIMIZERS.register("adam")((("beta1", "beta2", "eps", "weight_decay"), _adam))
+FUSED_OPTIMIZERS.register("adamw")((("beta1", "beta2", "eps", "weight_decay"),
+                                    lambda p, g, s, h: _adam(p, g, s, h, decoupled=True)))
+FUSED_OPTIMIZERS.register("rmsprop")((("momentum", "eps", "weight_decay"), _rmsprop))
+FUSED_OPTIMIZERS.register("adagrad")((("eps", "weight_decay"), _adagrad))
+
+
+class MemberOptimizer(torch.optim.Optimizer):
+    """One optimizer over stacked parameters with per-member hyperparameters (`hparams`: name -> (K,) values)
+    and per-member learning rates, set each step with `set_lr`. `active`: (K,) bool, False freezes a member."""
+
+    def __init__(self, params, name: str, hparams: dict[str, list[float]], lr: list[float]):
+        keys, self.rule = FUSED_OPTIMIZERS.get(name, "optim.name")
+        k = len(lr)
+        defaults = {key: torch.tensor(hparams[key], dtype=torch.float32) for key in keys}
+        defaults.update(lr=torch.tensor(lr, dtype=torch.float32), active=torch.ones(k, dtype=torch.bool),
+                        zero=torch.zeros(k))
+        super().__init__(params, defaults)
+
+    def set_lr(self, lr: list[float] | torch.Tensor) -> None:
+        for group in self.param_groups:
+            group["lr"] = torch.as_tensor(lr, dtype=torch.float32)
+
+    def freeze(self, member: int) -> None:
+        for group in self.param_groups:
+            group["active"] = group["active"].clone()
+            group["active"][member] = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            device = params[0].device
+            h = {k: v.to(device) for k, v in group.items() if isinstance(v, torch.Tensor)}
+            every = bool(h["active"].all())
+            for p in params:
+                new = self.rule(p, p.grad, self.state[p], h)
+                p.copy_(new if every else torch.where(_b(h["active"], p), new, p))
+        return None
