@@ -84,19 +84,23 @@ def run(
     force: bool = typer.Option(False, help="re-run finished runs instead of skipping them"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
     reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")), help="verdicts and figures"),
+    fuse: str = typer.Option("auto", help="auto: runs of one shape train together as one fused model (each still "
+                                          "its own run); off: one after another"),
+    fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
     from framework.preemption import SIGNALS, Stop
     from framework.recipe import run_suite
     from framework.store import RunStore
     try:
+        _check_fuse(fuse, fuse_max)
         recipes, names = _recipes(), _names(experiment)
         verdicts = []
         with SIGNALS.owned():  # for the whole command: between recipes too
             for name in names:
                 recipe = recipes.get(name)()
                 verdicts.append(run_suite(recipe, scale, overrides or [], RunStore(runs_dir), reports_dir, force,
-                                          console))
+                                          console, fuse=fuse, fuse_max=fuse_max))
                 if verdicts[-1]["claims"]:
                     console.print(f"wrote {recipe.report_dir(reports_dir, verdicts[-1]['scale'])}/verdict.json and "
                                   f"figures ({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); "
@@ -122,6 +126,14 @@ def run(
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 
+def _check_fuse(fuse: str, fuse_max: int) -> None:
+    from framework.planner import FUSE_MODES
+    if fuse not in FUSE_MODES:
+        raise UserError(f"--fuse: expected one of {', '.join(FUSE_MODES)}, got {fuse!r}")
+    if fuse_max < 1:
+        raise UserError(f"--fuse-max: must be >= 1, got {fuse_max}")
+
+
 def _one_line(text) -> str:
     lines = [line for line in str(text or "").splitlines() if line.strip()]
     return lines[0][:300] if lines else "unknown error"
@@ -135,15 +147,18 @@ def submit(
     profile: str = typer.Option("local", help="a cluster profile from slurm/profiles.yaml"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the sbatch script and submit nothing"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
+    fuse: str = typer.Option("auto", help="auto: each fused group of runs is one array task; off: runs alone"),
+    fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
 ):
     """Submit the suite's unfinished runs as one SLURM job array; prints the job id and returns."""
     from framework.cluster import submit as submit_suite
     from framework.store import RunStore
     try:
+        _check_fuse(fuse, fuse_max)
         recipes = _recipes()
         recipe = recipes.get(experiment, "experiment")()
         result = submit_suite(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir), profile,
-                              dry_run)
+                              dry_run, fuse=fuse, fuse_max=fuse_max)
     except UserError as e:
         _fail(e)
     if "script" in result:
@@ -190,6 +205,7 @@ def report(
     from framework.report import log_report_run, report as report_one, write_index
     from framework.store import RunStore
     try:
+        _check_fuse(fuse, fuse_max)
         recipes, names = _recipes(), _names(experiment)
         verdicts = []
         for name in names:
@@ -237,7 +253,7 @@ def bench(
     size: str = typer.Option("small", help="small (CI, seconds per case) or full (the recorded figures)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
     case: Optional[List[str]] = typer.Option(None, help="only these cases (deep_mlp_50x10, wide_mlp_2x2048, "
-                                                        "resnet18_cifar)"),
+                                                        "resnet18_cifar, fused_mlp_16x50x10)"),
     epoch: bool = typer.Option(False, help="also time an epoch of ResNet-18 on CIFAR-10 (real files when "
                                            "data.root has them, else 50,000 CIFAR-shaped images)"),
     record: Optional[Path] = typer.Option(None, help="append the table, dated, with the machine, to this "
@@ -249,7 +265,7 @@ def bench(
     try:
         if size not in benchmark.SIZES:
             raise UserError(f"--size: choose one of {', '.join(benchmark.SIZES)}, got {size!r}")
-        known = [c.name for c in benchmark.CASES]
+        known = [c.name for c in benchmark.CASES] + list(benchmark.FUSED_CASES)
         for name in case or []:
             if name not in known:
                 from framework.registry import suggest
@@ -262,19 +278,35 @@ def bench(
         with console.status("benchmarking...") as status:
             def report(row):
                 status.update(f"benchmarking... {row['case']}: {row['ratio']:.2f}x")
-            rows = benchmark.run(size, device, case or None, extra, report)
+            plain_cases = [c for c in (case or []) if c not in benchmark.FUSED_CASES]
+            rows = benchmark.run(size, device, plain_cases, extra, report) if plain_cases or not case else []
+            fused = [benchmark.run_fused(name, size, extra, lambda row: None)
+                     for name in benchmark.FUSED_CASES if not case or name in case]
         for r in rows:
             table.add_row(r["case"], r["device"], str(r["batch"]), f"{r['params']:,}", f"{r['plain_samples_s']:,.0f}",
                           f"{r['framework_samples_s']:,.0f}",
                           f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})")
-        console.print(table)
+        if rows:
+            console.print(table)
+        for f in fused:
+            console.print(f"{f['case']} ({f['members']} runs, batch {f['batch']}, {f['threads']} thread(s)): fused "
+                          f"framework {f['fused_samples_s']:,.0f} samples/s, unfused framework "
+                          f"{f['unfused_samples_s']:,.0f}, raw fused loop {f['raw_samples_s']:,.0f} (hand-written "
+                          f"bmm loop without nn.Modules: {f['handwritten_samples_s']:,.0f})")
+            console.print(f"fused / unfused framework: {f['fused_over_unfused']:.2f}")
+            console.print(f"fused framework / raw fused loop: {f['fused_over_raw']:.2f}")
+            console.print(f"fused / unfused framework, whole runs (set-up, evaluation, store included): "
+                          f"{f['end_to_end_fused_over_unfused']:.2f}")
         epoch_row = None
         if epoch:
             epoch_row = benchmark.resnet18_epoch(device, extra)
             console.print(f"ResNet-18 (k=64) on {epoch_row['data']}: {epoch_row['seconds_per_epoch']:.1f} s per "
                           f"epoch ({epoch_row['samples_s']:,.0f} samples/s) on {epoch_row['device_name']}")
         if record is not None:
-            benchmark.record(record, rows, epoch_row, size, extra, case or None)
+            if rows or epoch_row:
+                benchmark.record(record, rows, epoch_row, size, extra, case or None)
+            for f in fused:
+                benchmark.record_fused(record, f, size)
             console.print(f"appended to {record}")
     except UserError as e:
         _fail(e)

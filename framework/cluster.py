@@ -7,7 +7,6 @@ array task) lives in runs/<experiment>/_slurm/<job folder>/, outside every run's
 from __future__ import annotations
 
 import json
-import math
 import os
 import shlex
 import shutil
@@ -45,10 +44,20 @@ def load_profile(name: str, path: Path | None = None) -> dict:
     return profile
 
 
-def render(runs, experiment: str, profile: dict, job_dir: Path) -> str:
-    """The sbatch script for these runs: one array task per pack of `profile.pack` runs."""
-    pack = max(1, int(profile.get("pack", 1)))
-    trainer = runs[0].cfg.trainer
+def tasks_of(groups: list[list], pack: int) -> list[list]:
+    """Array tasks: each fused group is one task; runs that train alone go `pack` to a task."""
+    tasks, alone = [], []
+    for group in groups:
+        if len(group) > 1:
+            tasks.append(group)
+        else:
+            alone += group
+    return tasks + [alone[i:i + pack] for i in range(0, len(alone), pack)]
+
+
+def render(tasks: list[list], experiment: str, profile: dict, job_dir: Path) -> str:
+    """The sbatch script for these array tasks (lists of runs)."""
+    trainer = tasks[0][0].cfg.trainer
     tasks_per_node = trainer.devices if trainer.strategy.startswith("ddp") else 1
     extra = []
     for key, flag in (("partition", "--partition"), ("account", "--account")):
@@ -58,7 +67,7 @@ def render(runs, experiment: str, profile: dict, job_dir: Path) -> str:
         extra.append(f"#SBATCH --gres=gpu:{int(profile['gpus_per_task']) * tasks_per_node}")
     template = Template((SLURM_DIR / "template.sbatch").read_text())
     return template.substitute(
-        job_name=f"repro-{experiment}", last_task=math.ceil(len(runs) / pack) - 1,
+        job_name=f"repro-{experiment}", last_task=len(tasks) - 1,
         max_parallel=profile.get("max_parallel", 8), log_dir=job_dir / "logs", time=profile.get("time", "01:00:00"),
         nodes=trainer.num_nodes, tasks_per_node=tasks_per_node, cpus_per_task=profile.get("cpus_per_task", 1),
         mem=profile.get("mem", "2G"), signal_seconds=profile.get("signal_seconds", 60),
@@ -93,9 +102,11 @@ def queued_runs(store: RunStore, experiment: str) -> set[str]:
 
 
 def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dry_run: bool = False,
-           console=None) -> dict:
+           console=None, fuse: str = "auto", fuse_max: int = 16) -> dict:
     """Submits the suite's runs that are not finished, not owned by a live process (their lock) and not
-    pending or running in an earlier submission's array."""
+    pending or running in an earlier submission's array; each fused group (framework/planner.py) is one array
+    task, and an array task trains its runs as the same groups."""
+    from framework.planner import plan_suite
     all_runs = recipe.runs(scale, overrides)
     queued = queued_runs(store, recipe.name)
     runs = [r for r in all_runs if not store.is_finished(recipe.name, r.run_id) and r.run_id not in queued
@@ -108,16 +119,17 @@ def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dr
         return {"job_id": None, "runs": 0, "message": f"nothing to submit for {recipe.name} [{scale}]: {why}"}
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     job_dir = (store.slurm_dir(recipe.name) / stamp).resolve()
-    script = render(runs, recipe.name, profile, job_dir)
+    pack = max(1, int(profile.get("pack", 1)))
+    tasks = tasks_of(plan_suite(runs, store, fuse, fuse_max), pack)
+    script = render(tasks, recipe.name, profile, job_dir)
     if dry_run:
         return {"job_id": None, "runs": len(runs), "script": script}
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise UserError("sbatch not found on PATH: is this a SLURM login node? (slurm/local-cluster.sh start "
                         "runs a local one)")
-    pack = max(1, int(profile.get("pack", 1)))
-    manifest = {"experiment": recipe.name, "scale": scale, "runs_dir": str(store.root.resolve()),
-                "tasks": [[to_dict(r.cfg) for r in runs[i:i + pack]] for i in range(0, len(runs), pack)]}
+    manifest = {"experiment": recipe.name, "scale": scale, "runs_dir": str(store.root.resolve()), "fuse": fuse,
+                "fuse_max": fuse_max, "tasks": [[to_dict(r.cfg) for r in task] for task in tasks]}
     (job_dir / "logs").mkdir(parents=True, exist_ok=True)
     atomic_write(job_dir / "manifest.json", json.dumps(manifest))
     atomic_write(job_dir / "job.sbatch", script)
@@ -140,31 +152,35 @@ def work(manifest_path: Path, task: int) -> int:
     (0 when SLURM requeues the task: the requeued task resumes from the checkpoint)."""
     from framework.preemption import SIGNALS, Stop
     from framework.registry import UserError
-    from framework.runner import train
+    from framework.planner import plan_suite
+    from framework.recipe import Run
+    from framework.runner import train_group
     from framework.store import RunBusy
     manifest = json.loads(Path(manifest_path).read_text())
     store = RunStore(manifest["runs_dir"])
+    runs = [Run(from_dict(c), {}) for c in manifest["tasks"][task]]
     failed = 0
     with SIGNALS.owned():
-        for cfg_dict in manifest["tasks"][task]:
+        for group in plan_suite(runs, store, manifest.get("fuse", "off"), manifest.get("fuse_max", 16)):
             try:
                 SIGNALS.check("between runs")
-                summary = train(from_dict(cfg_dict), store, scale=manifest["scale"])
+                results = train_group([r.cfg for r in group], store, scale=manifest["scale"])
             except Stop as e:
                 requeued = SIGNALS.requeue()  # already asked for when the signal was USR1 under SLURM
                 print(f"stopped: {e}{' (requeued)' if requeued else ''}", flush=True)
                 return 0 if requeued else 128 + e.signum
-            except RunBusy as e:
-                print(f"{e.run_dir.name}: skipped, owned by {describe_owner(e.owner)}", flush=True)
-                continue
             except UserError as e:
                 print(f"error: {e}", flush=True)
-                failed += 1
+                failed += len(group)
                 continue
-            print(f"{summary.get('run_id')} {summary.get('variant')}: {summary.get('status')}"
-                  f"{' (skipped: finished)' if summary.get('skipped') else ''}"
-                  f"{': ' + str(summary.get('error')) if summary.get('status') == 'failed' else ''}", flush=True)
-            failed += summary.get("status") == "failed"
+            for summary in results:
+                if isinstance(summary, RunBusy):
+                    print(f"{summary.run_dir.name}: skipped, owned by {describe_owner(summary.owner)}", flush=True)
+                    continue
+                print(f"{summary.get('run_id')} {summary.get('variant')}: {summary.get('status')}"
+                      f"{' (skipped: finished)' if summary.get('skipped') else ''}"
+                      f"{': ' + str(summary.get('error')) if summary.get('status') == 'failed' else ''}", flush=True)
+                failed += summary.get("status") == "failed"
     return 1 if failed else 0
 
 

@@ -38,9 +38,8 @@ class FusedLinear(nn.Module):
 
     def forward(self, x):
         h = x.reshape(self.k, -1, x.shape[-1])
-        out = torch.bmm(h, self.weight.transpose(1, 2))
-        if self.bias is not None:
-            out = out + self.bias[:, None, :]
+        w = self.weight.transpose(1, 2)
+        out = torch.bmm(h, w) if self.bias is None else torch.baddbmm(self.bias[:, None, :], h, w)
         return out.reshape(*x.shape[:-1], -1)
 
 
@@ -216,8 +215,9 @@ class FusedDataModule(pl.LightningDataModule):
 class Member:
     """What the group knows of one member while it trains: its loggers, and when and why it stopped."""
 
-    def __init__(self, module, loggers: list):
+    def __init__(self, module, loggers: list, splits=None):
         self.module, self.loggers = module, loggers  # module: the member's own ReproModule (evaluation)
+        self.module_splits = splits
         self.diverged_step: int | None = None
         self.stopped: tuple[int, int] | None = None  # (global step, epochs) when it was frozen
 
@@ -232,12 +232,12 @@ class Member:
 class FusedModule(pl.LightningModule):
     """K members (their ReproModules, built as unfused runs build them) trained as one Lightning module."""
 
-    def __init__(self, members: list, loggers: list[list]):
+    def __init__(self, members: list, loggers: list[list], splits: list):
         super().__init__()
         self.k = len(members)
         self.cfgs = [m.cfg for m in members]
         self.cfg = self.cfgs[0]  # what the members share (trainer, diagnostics, model shape)
-        self.members = [Member(m, lg) for m, lg in zip(members, loggers)]
+        self.members = [Member(m, lg, sp) for m, lg, sp in zip(members, loggers, splits)]
         first = members[0]
         self.n_classes, self.steps_per_epoch = first.n_classes, first.steps_per_epoch
         self.net = fuse_nets([m.net for m in members])
@@ -282,8 +282,8 @@ class FusedModule(pl.LightningModule):
         losses = self._per_member(out, y)
         detached = losses.detach()
         step = self.global_step
-        self.first_nonfinite = torch.where(torch.isfinite(detached) | (self.first_nonfinite >= 0),
-                                           self.first_nonfinite, torch.full_like(self.first_nonfinite, step))
+        first = self.first_nonfinite  # in place: assigning a registered buffer goes through nn.Module's slow setattr
+        first.copy_(torch.where(torch.isfinite(detached) | (first >= 0), first, step))
         optimizer = self.optimizers()
         lrs = [0.0 if m.stopped is not None else self._peak[i] * self._factors[i](step)
                for i, m in enumerate(self.members)]
@@ -302,7 +302,7 @@ class FusedModule(pl.LightningModule):
         self.sums += torch.stack([detached, torch.ones_like(detached), self._correct(out.detach(), y),
                                   torch.full_like(detached, len(y) // self.k)], 1)
         for i in sorted(self._stop_after_step):
-            self._freeze(i, self.global_step, self.current_epoch + 1)
+            self._stop_mid_epoch(i)
         self._stop_after_step.clear()
         if not self.active:
             self.trainer.should_stop = True
@@ -333,17 +333,35 @@ class FusedModule(pl.LightningModule):
             if isinstance(m, FusedBatchNorm):
                 m.active[i] = False
 
+    def _stop_mid_epoch(self, i: int) -> None:
+        """What Lightning does for a run that stops mid-epoch (should_stop): validation, if this epoch validates,
+        then the partial epoch's training metrics; then the member is frozen."""
+        member, cfg = self.members[i], self.cfgs[i]
+        splits = member.module_splits
+        if (self.current_epoch + 1) % cfg.trainer.val_every_n_epochs == 0 and len(splits.x_val):
+            member.module.net.load_state_dict(member_state(self.net, i))
+            result = member.module.to(self.device).evaluate(splits.x_val, splits.y_val)
+            metrics = {"val/loss": result["loss"], "epoch": self.current_epoch}
+            if self.n_classes:
+                metrics["val/acc"] = result["acc"]
+            for logger in member.loggers:
+                logger.log_metrics(metrics, step=self.global_step - 1)
+        self._log_epoch(i, self.sums[i].tolist())
+        self._freeze(i, self.global_step, self.current_epoch + 1)
+
+    def _log_epoch(self, i: int, sums: list[float]) -> None:
+        loss, batches, correct, n = sums
+        if n:
+            metrics = {"train/loss_epoch": loss / batches, "epoch": self.current_epoch}
+            if self.n_classes:
+                metrics["train/acc"] = correct / n
+            for logger in self.members[i].loggers:
+                logger.log_metrics(metrics, step=self.global_step - 1)  # Lightning's step for epoch metrics
+
     def on_train_epoch_end(self):
         sums = self.sums.tolist()
-        step = self.global_step - 1  # Lightning logs epoch metrics at the epoch's last step
         for i in self.active:
-            loss, batches, correct, n = sums[i]
-            if n:
-                metrics = {"train/loss_epoch": loss / batches, "epoch": self.current_epoch}
-                if self.n_classes:
-                    metrics["train/acc"] = correct / n
-                for logger in self.members[i].loggers:
-                    logger.log_metrics(metrics, step=step)
+            self._log_epoch(i, sums[i])
         self.sums.zero_()
         self._check_divergence(after_step=False)
         for i in self.active:
@@ -393,7 +411,7 @@ class FusedModule(pl.LightningModule):
         for m, state in zip(self.members, checkpoint.get("members", [])):
             m.load(state)
         if "first_nonfinite" in checkpoint:
-            self.first_nonfinite = checkpoint["first_nonfinite"].to(self.first_nonfinite.device)
+            self.first_nonfinite.copy_(checkpoint["first_nonfinite"])
 
     def unfuse(self) -> None:
         """Copies each member's trained values into its own ReproModule (evaluated and stored as a single run)."""

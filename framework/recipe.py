@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from framework.planner import FUSE_MAX
 from framework.config import RunConfig, apply, config_hash, flatten, parse_value, to_dict
 from framework.registry import UserError, suggest
 from framework.store import RunStore, atomic_write, strict_json
@@ -215,15 +216,17 @@ def history(runs: pd.DataFrame, store: RunStore, experiment: str, name: str = "m
 
 
 def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, reports_dir: Path,
-              force: bool = False, console=None) -> dict:
+              force: bool = False, console=None, fuse: str = "auto", fuse_max: int = FUSE_MAX) -> dict:
     """Train every run of the suite that is not finished, then evaluate the claims and draw the figures.
 
-    Runs another live process owns (its lock, see framework/store.py) are left to it: this process trains the
-    others, then waits for those and reuses what their owner stored (or trains them itself when the owner
-    stopped without finishing them). The verdict lists the runs that failed, each with its error."""
+    Runs of one shape train as fused groups (framework/planner.py; fuse="off": one by one). Runs another live
+    process owns (its lock, see framework/store.py) are left to it: this process trains the others, then waits
+    for those and reuses what their owner stored (or trains them itself when the owner stopped without
+    finishing them). The verdict lists the runs that failed, each with its error."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from framework.planner import plan_suite
     from framework.preemption import SIGNALS
-    from framework.runner import is_lead_process, train
+    from framework.runner import is_lead_process, train_group
     from framework.store import RunBusy, describe_owner
 
     scale = scale or recipe.default_scale()
@@ -237,16 +240,16 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
         pending, told = list(runs), False
         while pending:
             busy = []
-            for run in pending:
+            for group in plan_suite(pending, store, fuse, fuse_max, force):
                 SIGNALS.check("between runs")
-                try:
-                    summary = train(run.cfg, store, scale=scale, force=force, progress=progress)
-                except RunBusy as e:
-                    busy.append((run, e.owner))
-                    continue
-                if summary.get("status") == "failed":
-                    failed.append({"run_id": run.run_id, "variant": run.cfg.variant, "error": summary.get("error")})
-                progress.advance(suite)
+                results = train_group([r.cfg for r in group], store, scale=scale, force=force, progress=progress)
+                for run, summary in zip(group, results):
+                    if isinstance(summary, RunBusy):
+                        busy.append((run, summary.owner))
+                        continue
+                    if summary.get("status") == "failed":
+                        failed.append({"run_id": run.run_id, "variant": run.cfg.variant, "error": summary.get("error")})
+                    progress.advance(suite)
             pending = [run for run, _ in busy]
             force = False  # a run another process just trained is not trained again
             if pending:

@@ -288,7 +288,8 @@ def _build(members: list[Member], store: RunStore, scale: str) -> tuple:
             m.loggers.append(m.wandb)
     if len(members) == 1:
         return members[0].module, datamodules[0], members[0].loggers
-    return FusedModule([m.module for m in members], [m.loggers for m in members]), FusedDataModule(datamodules), []
+    return (FusedModule([m.module for m in members], [m.loggers for m in members], [m.splits for m in members]),
+            FusedDataModule(datamodules), [])
 
 
 def _callbacks(members: list[Member], checkpoint: Path, extra, progress, task) -> list:
