@@ -87,16 +87,17 @@ class FusedBatchNorm(nn.Module):
         self.register_buffer("active", torch.ones(self.k, dtype=torch.bool))
 
     def forward(self, x):
-        if self.training and not bool(self.active.all()):
-            mean, var = self.running_mean.clone(), self.running_var.clone()
-        else:
-            mean = var = None
-        out = F.batch_norm(_to_channels(x, self.k), self.running_mean.view(-1), self.running_var.view(-1),
-                           self.weight.reshape(-1), self.bias.reshape(-1), self.training, self.momentum, self.eps)
+        frozen = self.training and not bool(self.active.all())
+        # with a frozen member, the norm updates copies, and only the active members' entries are kept (the
+        # buffers themselves must not change in place while autograd holds them)
+        mean, var = (self.running_mean.clone(), self.running_var.clone()) if frozen else \
+            (self.running_mean, self.running_var)
+        out = F.batch_norm(_to_channels(x, self.k), mean.view(-1), var.view(-1), self.weight.reshape(-1),
+                           self.bias.reshape(-1), self.training, self.momentum, self.eps)
         if self.training:
             self.num_batches_tracked.add_(self.active.long())
-            if mean is not None:
-                keep = ~self.active[:, None]
+            if frozen:
+                keep = self.active[:, None]
                 self.running_mean.copy_(torch.where(keep, mean, self.running_mean))
                 self.running_var.copy_(torch.where(keep, var, self.running_var))
         return _to_rows(out, self.k)
@@ -299,7 +300,8 @@ class FusedModule(pl.LightningModule):
         if bool((self._clip > 0).any()):
             self._clip_per_member()
         optimizer.step()
-        self.sums += torch.stack([detached, torch.ones_like(detached), self._correct(out.detach(), y),
+        seen = ~torch.isnan(detached)  # torchmetrics' MeanMetric (the unfused run's) leaves NaN batches out
+        self.sums += torch.stack([torch.where(seen, detached, 0.0), seen.float(), self._correct(out.detach(), y),
                                   torch.full_like(detached, len(y) // self.k)], 1)
         for i in sorted(self._stop_after_step):
             self._stop_mid_epoch(i)

@@ -153,7 +153,7 @@ class Preemption(pl.Callback):
             return  # let the epoch end (its metrics, validation); stop after the next epoch's first batch
         # Lightning writes this step's metrics only after this hook: write them now, or the row is lost
         trainer._logger_connector.update_train_step_metrics()
-        for logger in trainer.loggers:
+        for logger in [*trainer.loggers, *getattr(pl_module, "member_loggers", [])]:  # a fused group's members'
             logger.save()
         # the loader has already yielded the next batch (Lightning prefetches): record what was trained
         trainer.train_dataloader.batches_done = batch_idx + 1

@@ -224,13 +224,15 @@ class Member:
         self.cfg, self.run_id, self.lock = cfg, run_id, lock
         self.exp = cfg.experiment
         self.attempt, self.module, self.splits, self.wandb = 0, None, None, None
+        self.group: str | None = None  # the fused group's folder, when it trains in one
 
     def writes(self, lead: bool) -> bool:
         return lead and (self.lock is None or not self.lock.lost)  # a run whose lock was taken over writes nothing
 
     def set_status(self, store: RunStore, lead: bool, status: str, **extra) -> None:
         if self.writes(lead):
-            store.set_status(self.exp, self.run_id, status, attempt=self.attempt, **extra)
+            group = {"group": self.group} if self.group else {}
+            store.set_status(self.exp, self.run_id, status, attempt=self.attempt, **group, **extra)
 
 
 def group_checkpoint(store: RunStore, members: list[Member]) -> Path:
@@ -259,8 +261,8 @@ def _prepare_store(members: list[Member], store: RunStore, force: bool, lead: bo
         else:
             _keep_previous_attempt(store.lightning_dir(m.exp, m.run_id))
         store.write_text(m.exp, m.run_id, "config.yaml", dump_yaml(m.cfg))
-        m.set_status(store, lead, "running", resumed_from=str(resume) if resume else None,
-                     **({"group": str(checkpoint.parent)} if len(members) > 1 else {}))
+        m.group = str(checkpoint.parent) if len(members) > 1 else None
+        m.set_status(store, lead, "running", resumed_from=str(resume) if resume else None)
     if len(members) > 1:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(checkpoint.parent / "members.json", json.dumps([m.run_id for m in members]))

@@ -1,0 +1,183 @@
+"""Fused training: a group of runs trained as one model is, run by run, the same as each run trained alone.
+
+Tolerance (float32 on a CPU): a fused member's per-step metrics and summary numbers agree with the unfused run's
+within a relative 1e-4 (batched and single matrix products sum in another order; measured differences are
+~1e-7). Integer fields (status, steps, epochs, diverged and fit steps) are equal.
+"""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from framework.config import config_hash
+from framework.planner import plan, plan_suite
+from framework.preemption import Preempted
+from framework.recipe import Run
+from framework.runner import train, train_group
+from framework.store import RunStore
+from tests.conftest import repro
+from tests.test_cluster import SignalAt
+
+RTOL = 1e-4
+EXACT = ("status", "steps", "epochs", "diverged_step", "fit_step", "n_train")
+NUMBERS = ("initial_train_loss", "train_loss", "train_acc", "val_loss", "test_loss", "test_acc", "grad_norm_first",
+           "grad_norm_last", "saturation_mean")
+
+
+def close(a, b, rtol=RTOL) -> bool:
+    if a is None or b is None or pd.isna(a) or pd.isna(b):
+        return (a is None or pd.isna(a)) and (b is None or pd.isna(b))
+    return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-3)
+
+
+def assert_same_run(alone: RunStore, fused: RunStore, exp: str, run_id: str, rtol=RTOL):
+    a, b = alone.summary(exp, run_id), fused.summary(exp, run_id)
+    for key in EXACT:
+        assert a.get(key) == b.get(key), (run_id, key, a.get(key), b.get(key))
+    for key in NUMBERS:
+        if key in a or key in b:
+            assert close(a.get(key), b.get(key), rtol), (run_id, key, a.get(key), b.get(key))
+    for name in ("metrics.csv", "diagnostics.csv"):
+        fa, fb = alone.read_frame(exp, run_id, name), fused.read_frame(exp, run_id, name)
+        assert list(fa.columns) == list(fb.columns) and fa.shape == fb.shape, (run_id, name, fa.shape, fb.shape)
+        pd.testing.assert_frame_equal(fa, fb, check_exact=False, rtol=rtol, atol=1e-6)
+
+
+def members(tiny, big_lr=1e4, **shared):
+    """Four runs of one shape: a seed x lr sweep with a diverging member and an early-stopping member."""
+    base = dict(trainer__max_epochs=6, data__n_samples=400, **shared)
+    return [tiny(seed=0, optim__lr=0.05, **base),
+            tiny(seed=1, optim__lr=0.2, **base),
+            tiny(seed=2, optim__lr=big_lr, **base),                                # diverges
+            tiny(seed=1, optim__lr=0.2, trainer__stop_at_train_acc=0.8, **base)]   # stops early
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_fused_members_equal_their_runs_alone(batch_norm, tiny, tmp_path):
+    # batch norm keeps a step of 1e4 finite here, in a chaotic run (losses of 1e8) whose float32 rounding
+    # differences grow past the tolerance: its group gets a large step instead
+    cfgs = members(tiny, 1.0 if batch_norm else 1e4, model__batch_norm=batch_norm, schedule__name="cosine",
+                   schedule__warmup_epochs=1)
+    alone, fused = RunStore(tmp_path / "alone"), RunStore(tmp_path / "fused")
+    singles = [train(c, alone) for c in cfgs]
+    together = train_group(cfgs, fused)
+    assert [s["status"] for s in together] == [s["status"] for s in singles]
+    if not batch_norm:
+        assert together[2]["status"] == "diverged" and together[2]["steps"] < singles[0]["steps"]
+    assert together[3]["fit_step"] is not None and together[3]["steps"] < together[0]["steps"]
+    for c in cfgs:
+        assert_same_run(alone, fused, "test", config_hash(c))
+        assert (fused.run_dir("test", config_hash(c)) / "config.yaml").exists()
+        assert fused.status_record("test", config_hash(c))["group"].endswith(
+            fused.group_dir("test", [config_hash(x) for x in cfgs]).name)
+    # fusion is not identity: the fused store's runs are finished runs of the same hashes
+    assert [s.get("skipped") for s in train_group(cfgs, fused)] == [True] * 4
+    assert train(cfgs[0], fused)["skipped"]
+
+
+def test_each_member_keeps_its_own_batch_norm_statistics(tiny, tmp_path):
+    from framework.fused import FusedBatchNorm, fuse_nets
+    from framework.models import build_model
+    cfg = tiny(model__batch_norm=True)
+    nets = [build_model(cfg.model, (6,), 3) for _ in range(3)]
+    fused = fuse_nets(nets)
+    x = torch.randn(3 * 16, 6) * torch.tensor([1.0, 5.0, 20.0]).repeat_interleave(16)[:, None]
+    fused.train()(x)
+    for k, net in enumerate(nets):
+        net.train()(x[16 * k:16 * (k + 1)])
+    bns = [m for m in fused.modules() if isinstance(m, FusedBatchNorm)]
+    for k, net in enumerate(nets):
+        singles = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+        for f, s in zip(bns, singles):
+            torch.testing.assert_close(f.running_var[k], s.running_var)
+    assert not torch.allclose(bns[0].running_var[0], bns[0].running_var[2])
+
+
+def test_a_preempted_group_resumes_exactly(tiny, tmp_path):
+    cfgs = members(tiny)[:2] + [tiny(seed=5, optim__lr=0.01, trainer__max_epochs=6, data__n_samples=400)]
+    ids = [config_hash(c) for c in cfgs]
+    reference = RunStore(tmp_path / "ref")
+    train_group(cfgs, reference)
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Preempted):
+        train_group(cfgs, store, callbacks=[SignalAt(23)])
+    checkpoint = store.group_checkpoint("test", ids)
+    assert checkpoint.exists() and json.loads((checkpoint.parent / "members.json").read_text()) == ids
+    for run_id in ids:
+        record = store.status_record("test", run_id)
+        assert record["status"] == "pending" and record["checkpoint"] == str(checkpoint)
+    # the suite's planner puts the same group back together from the checkpoint it left
+    runs = [Run(c, {}) for c in reversed(cfgs)]
+    assert [[r.run_id for r in g] for g in plan_suite(runs, store)] == [ids]
+    resumed = train_group(cfgs, store)
+    assert not checkpoint.exists()
+    for run_id, summary in zip(ids, resumed):
+        assert summary["status"] == "done" and store.status_record("test", run_id)["resumed_from"] == str(checkpoint)
+        for key in ("train_loss", "val_loss", "test_acc", "steps", "grad_norm_first"):
+            assert summary[key] == reference.summary("test", run_id)[key], key
+        pd.testing.assert_frame_equal(store.read_frame("test", run_id, "metrics.csv"),
+                                      reference.read_frame("test", run_id, "metrics.csv"))
+
+
+def test_several_wandb_runs_from_one_process(tiny, tmp_path, monkeypatch):
+    from framework.wandb_files import offline_runs, read_run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    cfgs = [tiny(tracking__mode="auto", seed=s, optim__lr=lr) for s, lr in [(0, 0.05), (1, 0.1)]]
+    store = RunStore(tmp_path / "runs")
+    summaries = train_group(cfgs, store)
+    for cfg, summary in zip(cfgs, summaries):
+        run_id = config_hash(cfg)
+        (folder,) = offline_runs(store.run_dir("test", run_id))
+        run = read_run(folder)
+        assert run["id"] == run_id and run["config"]["seed"] == cfg.seed
+        losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
+        assert losses == pytest.approx(store.read_frame("test", run_id, "metrics.csv")["train/loss"].dropna().tolist())
+        assert any(k.startswith("grad_norm/layer_") for row in run["history"] for k in row)
+        assert run["summary"]["train_loss"] == pytest.approx(summary["train_loss"])
+
+
+def test_planner_groups_runs_of_one_shape(tiny):
+    runs = [Run(tiny(seed=s, optim__lr=lr), {}) for s in range(3) for lr in (0.05, 0.1)]
+    runs += [Run(tiny(model__width=16, seed=s), {}) for s in range(2)]          # another shape
+    runs += [Run(tiny(optim__name="adam", seed=9), {})]                         # another optimizer
+    runs += [Run(tiny(trainer__max_epochs=3, seed=9), {})]                       # another step budget
+    groups = plan(runs, "auto", fuse_max=4)
+    sizes = sorted(len(g) for g in groups)
+    assert sizes == [1, 1, 2, 3, 3]  # six fusable runs in two equal groups of at most 4
+    assert all(len({r.cfg.model.width for r in g}) == 1 for g in groups)
+    assert [len(g) for g in plan(runs, "off")] == [1] * len(runs)
+    assert sum(len(g) for g in plan(runs, "auto", fuse_max=16)) == len(runs)
+    # a run with its own checkpoint resumes alone; a group's checkpoint keeps that group together
+    alone = runs[0].run_id
+    assert [alone] in [[r.run_id for r in g] for g in plan(runs, alone={alone})]
+    keep = [runs[1].run_id, runs[4].run_id]
+    assert keep in [[r.run_id for r in g] for g in plan(runs, keep=[keep])]
+
+
+def test_planner_caps_a_group_by_memory(tiny, monkeypatch):
+    import framework.planner as planner
+    runs = [Run(tiny(seed=s), {}) for s in range(8)]
+    per_member = planner.member_bytes(runs[0].cfg)
+    monkeypatch.setattr("framework.module.available_memory", lambda acc: (int(3.5 * per_member / 0.5), "RAM"))
+    assert max(len(g) for g in plan(runs, "auto", fuse_max=16)) == 3
+
+
+def test_fuse_options_are_checked(tmp_path):
+    r = repro("run", "double_descent", "--scale", "smoke", "--fuse", "sometimes", "--runs-dir", str(tmp_path))
+    assert r.returncode == 2 and "--fuse" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = repro("run", "double_descent", "--scale", "smoke", "--fuse-max", "0", "--runs-dir", str(tmp_path))
+    assert r.returncode == 2 and "--fuse-max" in r.stderr
+
+
+def test_bench_fused_case_prints_its_ratios(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    r = repro("bench", "--case", "fused_mlp_16x50x10", "--size", "small", "--record", str(out), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import re
+    fused = float(re.search(r"fused / unfused framework: (\d+\.\d+)", r.stdout).group(1))
+    raw = float(re.search(r"fused framework / raw fused loop: (\d+\.\d+)", r.stdout).group(1))
+    assert fused > 1.0 and 0.1 < raw < 3.0, r.stdout
+    assert "fused / unfused" in out.read_text()
