@@ -309,45 +309,68 @@ def _callbacks(members: list[Member], checkpoint: Path, extra, progress, task) -
 
 
 def _attempt(members: list[Member], store, scale, force, progress, extra_callbacks, lead) -> list[dict]:
-    """One attempt at a group of runs: prepare, fit, evaluate, persist; every way out is recorded in each
-    member's status.json. A single run is a group of one."""
+    """One attempt at a group of runs (a single run is a group of one): prepare, fit, evaluate and persist each
+    member; every way out is recorded in each member's status.json (`_record_stop`, the failure policy)."""
     quiet_lightning()
     checkpoint = group_checkpoint(store, members)
     resume = _prepare_store(members, store, force, lead, checkpoint)
     started = time.time()
-    fused = len(members) > 1
-    label = members[0].cfg.variant if not fused else f"{len(members)} fused runs ({members[0].cfg.variant}, ...)"
+    label = members[0].cfg.variant if len(members) == 1 else f"{len(members)} fused runs ({members[0].cfg.variant}, ...)"
     task = progress.add_task(f"  {label}", total=None) if progress is not None else None
     try:
-        SIGNALS.phase = "prepare"
-        set_threads(members[0].cfg)
-        module, datamodule, loggers = _build(members, store, scale)
-        diagnostics = None
-        callbacks = _callbacks(members, checkpoint, extra_callbacks, progress, task)
-        diagnostics = next((c for c in callbacks if isinstance(c, Diagnostics)), None)
-        trainer = build_trainer(members[0].cfg, loggers, callbacks, checkpoint.parent,
-                                **({"logger": False} if fused else {}))
-        # whole-split evaluations run on the run's device (Lightning moves the module back to the CPU at the end
-        # of fit): a CIFAR-sized split on a CPU would take minutes
-        device = trainer.strategy.root_device
-        initial = [m.module.to(device).evaluate(m.splits.x_train, m.splits.y_train) for m in members]
-        SIGNALS.check("before training")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
-        SIGNALS.phase = "persist"  # from here a signal waits until the runs are stored
+        trainer, module, diagnostics, initial = _fit(members, store, scale, checkpoint, resume,
+                                                     [*extra_callbacks], progress, task)
         if trainer.global_rank != 0:
             return [{"status": "done", "rank": trainer.global_rank}]
-        if fused:
-            module.unfuse()
-            for lg in module.member_loggers:
-                lg.save()
         out = []
         for k, m in enumerate(members):
-            steps, epochs = fused_steps(module, k, trainer) if fused else (trainer.global_step, trainer.current_epoch)
+            steps, epochs = fused_steps(module, k, trainer) if len(members) > 1 else \
+                (trainer.global_step, trainer.current_epoch)
             rows = diagnostics.member_rows(k) if diagnostics is not None else []
-            out.append(_persist(m, store, lead, device, initial[k], steps, epochs, rows, started, resume))
+            out.append(_persist(m, store, lead, trainer.strategy.root_device, initial[k], steps, epochs, rows,
+                                started, resume))
         checkpoint.unlink(missing_ok=True)
         return out
-    except Stop as e:
+    except BaseException as e:
+        return _record_stop(e, members, store, lead)
+    finally:
+        for m in members:
+            if m.wandb is not None and m.wandb._experiment is not None:
+                m.wandb.experiment.finish()  # still in persist: a signal now waits until the W&B run is closed
+        if task is not None:
+            progress.remove_task(task)
+        SIGNALS.phase = "idle"
+
+
+def _fit(members: list[Member], store, scale, checkpoint: Path, resume, extra_callbacks, progress, task):
+    """Builds the members and fits them (fused when there are several); returns the trainer, the module, the
+    diagnostics callback and each member's initial training loss and accuracy."""
+    SIGNALS.phase = "prepare"
+    set_threads(members[0].cfg)
+    module, datamodule, loggers = _build(members, store, scale)
+    callbacks = _callbacks(members, checkpoint, extra_callbacks, progress, task)
+    diagnostics = next((c for c in callbacks if isinstance(c, Diagnostics)), None)
+    trainer = build_trainer(members[0].cfg, loggers, callbacks, checkpoint.parent,
+                            **({"logger": False} if len(members) > 1 else {}))
+    # whole-split evaluations run on the run's device (Lightning moves the module back to the CPU at the end
+    # of fit): a CIFAR-sized split on a CPU would take minutes
+    device = trainer.strategy.root_device
+    initial = [m.module.to(device).evaluate(m.splits.x_train, m.splits.y_train) for m in members]
+    SIGNALS.check("before training")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    SIGNALS.phase = "persist"  # from here a signal waits until the runs are stored
+    if len(members) > 1:
+        module.unfuse()
+        for lg in module.member_loggers:
+            lg.save()
+    return trainer, module, diagnostics, initial
+
+
+def _record_stop(e: BaseException, members: list[Member], store, lead) -> list[dict]:
+    """The failure policy of a run, in one place: a stop signal leaves each member pending (resumable) or failed
+    and ends the task; bad input fails them and ends the command; any other error fails them and the suite
+    goes on."""
+    if isinstance(e, Stop):
         saved = getattr(e, "checkpoint", None)
         for m in members:
             if saved or isinstance(e, Preempted):  # a checkpoint, or stopped before training: resumable
@@ -357,28 +380,21 @@ def _attempt(members: list[Member], store, scale, force, progress, extra_callbac
                 m.set_status(store, lead, "failed", error=e.reason)
         if any(m.writes(lead) for m in members):
             SIGNALS.requeue()
-        raise
-    except UserError as e:
+        raise e
+    if isinstance(e, UserError):
         for m in members:
             m.set_status(store, lead, "failed", error=str(e))
-        raise
-    except KeyboardInterrupt:  # signals not owned here (not the main thread)
+        raise e
+    if not isinstance(e, Exception):  # KeyboardInterrupt where signals are not owned (not the main thread), exit
         for m in members:
-            m.set_status(store, lead, "failed", error="interrupted")
-        raise
-    except Exception as e:  # a failed run is recorded and the suite goes on
-        for m in members:
-            m.set_status(store, lead, "failed", error=f"{type(e).__name__}: {e}",
-                         traceback=traceback.format_exc(limit=20))
-        return [{"run_id": m.run_id, "experiment": m.exp, "variant": m.cfg.variant, "status": "failed",
-                 "error": f"{type(e).__name__}: {e}"} for m in members]
-    finally:
-        for m in members:
-            if m.wandb is not None and m.wandb._experiment is not None:
-                m.wandb.experiment.finish()  # still in persist: a signal now waits until the W&B run is closed
-        if task is not None:
-            progress.remove_task(task)
-        SIGNALS.phase = "idle"
+            m.set_status(store, lead, "failed",
+                         error="interrupted" if isinstance(e, KeyboardInterrupt) else type(e).__name__)
+        raise e
+    for m in members:
+        m.set_status(store, lead, "failed", error=f"{type(e).__name__}: {e}",
+                     traceback=traceback.format_exc(limit=20))
+    return [{"run_id": m.run_id, "experiment": m.exp, "variant": m.cfg.variant, "status": "failed",
+             "error": f"{type(e).__name__}: {e}"} for m in members]
 
 
 def _persist(m: Member, store: RunStore, lead: bool, device, initial: dict, steps: int, epochs: int, rows: list,

@@ -244,3 +244,30 @@ def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_
     for run_id in store.run_ids("double_descent"):
         status = store.status_record("double_descent", run_id)
         assert status["status"] == "done" and status["attempt"] == 1
+
+
+def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
+    """Each fused group is one array task; the cluster's runs equal the same suite's runs trained here."""
+    import re
+    from experiments import RECIPES
+    from framework.recipe import run_suite
+    runs_dir = tmp_path / "runs"
+    r = repro("submit", "lr_scaling", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    assert r.returncode == 0, r.stderr
+    n_runs, n_tasks = map(int, re.search(r"(\d+) runs in (\d+) array tasks", r.stdout).groups())
+    assert n_tasks < n_runs
+    manifest = json.loads(next((runs_dir / "lr_scaling" / "_slurm").glob("*/manifest.json")).read_text())
+    assert manifest["fuse"] == "auto" and max(len(t) for t in manifest["tasks"]) > 1
+    wait_for_queue("repro-lr_scaling")
+    local = RunStore(tmp_path / "local")
+    run_suite(RECIPES.get("lr_scaling")(), "smoke", QUICK, local, tmp_path / "reports")
+    store = RunStore(runs_dir)
+    grouped = 0
+    for run_id in local.run_ids("lr_scaling"):
+        record = store.status_record("lr_scaling", run_id)
+        assert record["status"] in ("done", "diverged") and record["slurm_array_job_id"]
+        grouped += bool(record.get("group"))
+        cluster, here = store.summary("lr_scaling", run_id), local.summary("lr_scaling", run_id)
+        for key in ("train_loss", "test_error", "steps", "diverged_step"):
+            assert cluster[key] == here[key], (run_id, key)
+    assert grouped >= n_runs - n_tasks + 1
