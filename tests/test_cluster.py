@@ -182,9 +182,13 @@ def test_failed_submission_leaves_nothing_behind(slurm, tmp_path):
 
 
 def test_dry_run_prints_the_script(tmp_path):
-    r = repro("submit", "vanishing_gradients", "--scale", "smoke", "--dry-run", "--runs-dir", str(tmp_path / "r"))
+    r = repro("submit", "vanishing_gradients", "--scale", "smoke", "--dry-run", "--fuse", "off", "--runs-dir",
+              str(tmp_path / "r"))
     assert r.returncode == 0
     assert "#SBATCH --array=0-15%8" in r.stdout and "#SBATCH --signal=USR1@60" in r.stdout
+    fused = repro("submit", "vanishing_gradients", "--scale", "smoke", "--dry-run", "--runs-dir", str(tmp_path / "r"))
+    # default and He init differ only in initialisation: each such pair is one fused group, one array task
+    assert "#SBATCH --array=0-11%8" in fused.stdout
     assert "#SBATCH --requeue" in r.stdout and "srun" in r.stdout
     assert not (tmp_path / "r").exists()
     ddp = repro("submit", "double_descent", "--scale", "smoke", "--dry-run", "trainer.strategy=ddp",
