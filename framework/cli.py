@@ -205,7 +205,6 @@ def report(
     from framework.report import log_report_run, report as report_one, write_index
     from framework.store import RunStore
     try:
-        _check_fuse(fuse, fuse_max)
         recipes, names = _recipes(), _names(experiment)
         verdicts = []
         for name in names:

@@ -53,14 +53,14 @@ runner.build_splits = build_splits
 
 BETWEEN_RUNS = """
 import framework.runner as runner
-train, done = runner.train, []
+train, done = runner.train_group, []
 def once(*args, **kwargs):
     out = train(*args, **kwargs)
     done.append(1)
     if len(done) == 1:
         os.kill(os.getpid(), signal.SIGUSR1)
     return out
-runner.train = once
+runner.train_group = once
 """
 
 AT_FINAL_EVALUATION = """
