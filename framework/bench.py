@@ -262,7 +262,7 @@ def record(path: Path, rows: list[dict], epoch: dict | None, size: str, extra: d
 # another and against a hand-written fused loop
 FUSED_CASES = {"fused_mlp_16x50x10": {"members": 16, "model.depth": 50, "model.width": 10,
                                       "model.activation": "sigmoid", "data.batch_size": 128}}
-FUSED_SIZES = {"small": {"steps": 30, "warmup": 5, "repeats": 2}, "full": {"steps": 200, "warmup": 20, "repeats": 3}}
+FUSED_SIZES = {"small": {"steps": 30, "warmup": 5, "repeats": 1}, "full": {"steps": 200, "warmup": 20, "repeats": 4}}
 
 
 def _fused_configs(case: dict, steps: int, extra: dict) -> list[RunConfig]:
@@ -392,15 +392,19 @@ def run_fused(name: str = "fused_mlp_16x50x10", size: str = "small", extra: dict
     cfgs = _fused_configs(FUSED_CASES[name], s["warmup"] + s["steps"], extra or {})
     threads = set_threads(cfgs[0])
     fused, unfused, raw, hand, fused_e2e, unfused_e2e = [], [], [], [], [], []
-    for _ in range(s["repeats"]):
-        raw.append(raw_fused_rate(cfgs, s["steps"], s["warmup"]))
-        hand.append(handwritten_fused_rate(cfgs, s["steps"], s["warmup"]))
-        timed, whole, samples = _group_fit(cfgs, s["warmup"], "auto")
-        fused.append(samples / timed)
-        fused_e2e.append(len(cfgs) * (s["warmup"] + s["steps"]) * cfgs[0].data.batch_size / whole)
-        timed, whole, samples = _group_fit(cfgs, s["warmup"], "off")
-        unfused.append(samples / timed)
-        unfused_e2e.append(len(cfgs) * (s["warmup"] + s["steps"]) * cfgs[0].data.batch_size / whole)
+    samples_whole = len(cfgs) * (s["warmup"] + s["steps"]) * cfgs[0].data.batch_size
+
+    def framework(fuse: str, rates: list, whole_rates: list) -> None:
+        timed, whole, samples = _group_fit(cfgs, s["warmup"], fuse)
+        rates.append(samples / timed)
+        whole_rates.append(samples_whole / whole)
+
+    sides = [lambda: raw.append(raw_fused_rate(cfgs, s["steps"], s["warmup"])),
+             lambda: hand.append(handwritten_fused_rate(cfgs, s["steps"], s["warmup"])),
+             lambda: framework("auto", fused, fused_e2e), lambda: framework("off", unfused, unfused_e2e)]
+    for r in range(s["repeats"]):  # each repeat starts with another side: drift in machine load hits all alike
+        for i in range(len(sides)):
+            sides[(i + r) % len(sides)]()
     row = {"case": name, "members": len(cfgs), "batch": cfgs[0].data.batch_size, "steps": s["steps"],
            "repeats": s["repeats"], "threads": threads,
            "fused_samples_s": statistics.median(fused), "unfused_samples_s": statistics.median(unfused),

@@ -291,5 +291,5 @@ def test_fused_suite_equals_the_suite_run_one_by_one(name, tmp_path_factory):
         print(f"{run_id} {a['variant']}: worst relative difference {worst:.1e}")
         tight += worst <= 1e-3
     assert tight >= 0.9 * len(frame), f"{tight} of {len(frame)} runs within 1e-3"
-    if name in ("random_labels", "lr_scaling", "vanishing_gradients"):
+    if name in ("lr_scaling", "vanishing_gradients"):
         assert groups, "these suites have runs of one shape: some must have trained fused"
