@@ -45,7 +45,7 @@ CASES = [
          {"small": 256, "full": 4096}, full_on_cpu={"steps": 6, "warmup": 2, "repeats": 3}),
 ]
 # small: CI on 2 CPU cores (seconds per case); full: the figures in reports/benchmarks.md
-SIZES = {"small": {"steps": 30, "warmup": 5, "repeats": 3, "resnet_width": 8},
+SIZES = {"small": {"steps": 30, "warmup": 5, "repeats": 2, "resnet_width": 8},
          "full": {"steps": 200, "warmup": 20, "repeats": 7, "resnet_width": 64}}
 
 
