@@ -151,7 +151,7 @@ def member_state(fused: nn.Module, k: int) -> dict[str, torch.Tensor]:
     """Member k's entries of the fused net's state, under an unfused net's names (for load_state_dict)."""
     state = {}
     for name, t in fused.state_dict().items():
-        if name.endswith(".active") or name.endswith(".p"):
+        if name.endswith(".active"):  # the group's bookkeeping, not a net's state
             continue
         state[name] = t[k].clone()
     return state
@@ -244,7 +244,7 @@ class FusedModule(pl.LightningModule):
         self.net = fuse_nets([m.net for m in members])
         self.loss_fn = LOSSES.get(self.cfgs[0].loss.name, "loss.name")(self.n_classes)
         self.automatic_optimization = False
-        self.register_buffer("first_nonfinite", torch.full((self.k,), -1), persistent=False)
+        self.register_buffer("first_nonfinite", torch.full((self.k,), -1))  # in checkpoints: a resume keeps it
         # the epoch's sums: batch losses, batches, correct predictions, samples (as MeanMetric and accuracy count)
         self.register_buffer("sums", torch.zeros(self.k, 4))
         self._val = torch.zeros(self.k, 3)
@@ -252,6 +252,7 @@ class FusedModule(pl.LightningModule):
         self._factors = [lr_factor(c.schedule, self._total_steps(c), self.steps_per_epoch) for c in self.cfgs]
         self._peak = [effective_lr(c.optim, c.data.batch_size) for c in self.cfgs]
         self._clip = torch.tensor([c.trainer.gradient_clip for c in self.cfgs])
+        self._any_clip = bool((self._clip > 0).any())
 
     def _total_steps(self, c) -> int:
         return c.trainer.max_steps if c.trainer.max_steps > 0 else self.steps_per_epoch * c.trainer.max_epochs
@@ -297,7 +298,7 @@ class FusedModule(pl.LightningModule):
         optimizer.optimizer.set_lr(lrs)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(losses.sum())
-        if bool((self._clip > 0).any()):
+        if self._any_clip:
             self._clip_per_member()
         optimizer.step()
         seen = ~torch.isnan(detached)  # torchmetrics' MeanMetric (the unfused run's) leaves NaN batches out
@@ -407,13 +408,10 @@ class FusedModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["members"] = [m.state() for m in self.members]
-        checkpoint["first_nonfinite"] = self.first_nonfinite.cpu()
 
     def on_load_checkpoint(self, checkpoint):
         for m, state in zip(self.members, checkpoint.get("members", [])):
             m.load(state)
-        if "first_nonfinite" in checkpoint:
-            self.first_nonfinite.copy_(checkpoint["first_nonfinite"])
 
     def unfuse(self) -> None:
         """Copies each member's trained values into its own ReproModule (evaluated and stored as a single run)."""
