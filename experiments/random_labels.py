@@ -1,17 +1,23 @@
 """Random-label memorisation (Zhang et al. 2017, "Understanding deep learning requires rethinking
-generalization", Fig. 1a-c and Sec. 2).
+generalization", Fig. 1a-c and Sec. 2), trained as the paper did: SGD with momentum, schedule unchanged
+across conditions.
 
-Claims:
+Claims, each measured on every seed:
 1. The net drives training error to ~0 on completely random labels.
 2. It also fits shuffled pixels, random pixels and Gaussian inputs.
-3. Test accuracy at full label corruption (and on random pixels / Gaussian inputs) is at chance.
-4. The time to fit grows with the label corruption level; random labels take several times longer than true.
-5. Test error rises with the label corruption level (Fig. 1c).
+3. Test accuracy at full label corruption and on random pixels / Gaussian inputs is at chance.
+4. The time to fit grows with the label corruption level.
+5. Random labels take only a small constant factor longer to fit than true labels (Sec. 2: "training time
+   increases only by a small constant factor"; Fig. 1b reads about 1.5 to 3.5).
+6. Random pixels and Gaussian inputs converge faster than random labels (Sec. 2.2).
+7. Test error rises with the label corruption level (Fig. 1c).
 Every number is read from this suite's runs: train error on the whole training split after training, the
-step at which an epoch first reached 100% training accuracy, and test error on the clean test split.
+step at which an epoch first reached 100% training accuracy (a run that never did counts as slower than any
+that did), and test error on the clean test split.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -19,12 +25,13 @@ import pandas as pd
 from experiments import RECIPES
 from framework.data import class_count
 from framework.plots import save, sns_setup
-from framework.recipe import Claim, Recipe, history
+from framework.recipe import Recipe, history
+from framework.verdict import Claim, above, below, within
 
-FITTED = 0.01         # training error at most this: the training set is memorised
-CHANCE_BAND = 0.05    # |test accuracy - 1/classes| at most this: chance
-RANK_CORR = 0.8       # Spearman correlation at least this: "grows with"
-SLOWDOWN = 2.0        # random labels take at least this many times the steps of true labels
+FITTED = 0.01         # training error below this: the training set is memorised
+CHANCE_BAND = 0.05    # |test accuracy - 1/classes| below this: chance (~3.5 binomial SE on 450 test digits)
+RANK_CORR = 0.5       # Spearman correlation above this: "grows with"
+FACTOR = (1.0, 5.0)   # "a small constant factor": slower than true labels, at most 5x (Fig. 1b: ~1.5-3.5x)
 
 
 def _label_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -38,66 +45,80 @@ def _num(v):
     return None if v is None or pd.isna(v) else float(v)
 
 
+def _steps(row) -> float:
+    """Steps to fit; a run that never fitted took longer than its budget (inf), an unfinished one is unknown."""
+    if row is None or row["status"] not in ("done", "diverged"):
+        return math.nan
+    return float(row["fit_step"]) if pd.notna(row.get("fit_step")) else math.inf
+
+
+def _spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+    pairs = [(a, b) for a, b in zip(x, y) if not (pd.isna(a) or pd.isna(b))]
+    if len(pairs) < 3:
+        return math.nan
+    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    return float(rho) if pd.notna(rho) else math.nan
+
+
+def _one(runs, condition):
+    hits = runs[runs["condition"] == condition]
+    return hits.iloc[0] if len(hits) else None
+
+
 @RECIPES.register("random_labels")
 class RandomLabels(Recipe):
     name = "random_labels"
     title = "Nets memorise random labels and random inputs (Zhang et al. 2017)"
     papers = ["Zhang et al. 2017, ICLR, Fig. 1"]
 
-    def claims(self, runs: pd.DataFrame, store) -> list[Claim]:
+    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
         labels = _label_runs(runs)
         n_classes = class_count(runs["cfg.data.name"].iloc[0], runs["cfg.data.n_classes"].iloc[0])
         chance = 1 / n_classes
-        full = labels[labels["label_noise"] == labels["label_noise"].max()]
+        full = labels[labels["label_noise"] == 1.0]
         true = labels[labels["label_noise"] == 0]
         full, true = (full.iloc[0] if len(full) else None), (true.iloc[0] if len(true) else None)
         inputs = runs[runs["cfg.data.corruption"] != "none"]
-        random_inputs = inputs[inputs["cfg.data.corruption"].isin(["random_pixels", "gaussian"])]
+        random_inputs = [_one(runs, c) for c in ("random_pixels", "gaussian") if _one(runs, c) is not None]
 
-        def fitted(row):
-            return row is not None and row["status"] == "done" and row["train_error"] <= FITTED
+        def error(row):
+            return float(row["train_error"]) if row is not None and row["status"] == "done" else math.nan
 
-        out = []
-        p_full = _num(full["label_noise"]) if full is not None else None
-        out.append(Claim(
-            f"The net drives training error to ~0 on random labels (label corruption {p_full})",
-            "Zhang et al. 2017, Fig. 1a", f"training error after training <= {FITTED}",
-            {"label_noise": p_full, "train_error": _num(full["train_error"]) if full is not None else None,
-             "fit_step": _num(full["fit_step"]) if full is not None else None},
-            fitted(full) and p_full == 1.0))
-        out.append(Claim(
-            "It also fits corrupted inputs: " + ", ".join(inputs["cfg.data.corruption"]),
-            "Zhang et al. 2017, Fig. 1a and Sec. 2", f"training error <= {FITTED} for each",
-            {f"{r['cfg.data.corruption']}_train_error": _num(r["train_error"]) for _, r in inputs.iterrows()},
-            len(inputs) > 0 and all(fitted(r) for _, r in inputs.iterrows())))
-        chance_rows = ([full] if full is not None else []) + [r for _, r in random_inputs.iterrows()]
-        out.append(Claim(
-            "Test accuracy at full label corruption and on random inputs is at chance",
-            "Zhang et al. 2017, Fig. 1c and Sec. 2", f"|test accuracy - {chance:.2f}| <= {CHANCE_BAND}",
-            {f"{r['condition']}_test_acc": _num(r["test_acc"]) for r in chance_rows} | {"chance": chance},
-            bool(chance_rows) and p_full == 1.0
-            and all(abs(r["test_acc"] - chance) <= CHANCE_BAND for r in chance_rows)))
-        steps = labels.dropna(subset=["fit_step"])
-        rho = steps["label_noise"].corr(steps["fit_step"], method="spearman") if len(steps) >= 3 else float("nan")
-        slowdown = (full["fit_step"] / true["fit_step"]) if full is not None and true is not None else float("nan")
-        out.append(Claim(
-            "The time to fit grows with the label corruption level; random labels take several times longer",
-            "Zhang et al. 2017, Fig. 1b",
-            f"Spearman(label noise, steps to fit) >= {RANK_CORR} over all levels fitted, every level fitted, "
-            f"and random/true steps >= {SLOWDOWN}",
-            {"spearman": _num(rho), "slowdown": _num(slowdown), "levels_fitted": len(steps),
-             "levels": len(labels)} | {f"steps@{p:g}": _num(s) for p, s in zip(labels["label_noise"],
-                                                                                labels["fit_step"])},
-            len(steps) == len(labels) >= 3 and rho >= RANK_CORR and slowdown >= SLOWDOWN))
-        rho_test = labels["label_noise"].corr(labels["test_error"], method="spearman") if len(labels) >= 3 \
-            else float("nan")
-        out.append(Claim(
-            "Test error rises with the label corruption level", "Zhang et al. 2017, Fig. 1c",
-            f"Spearman(label noise, test error) >= {RANK_CORR}",
-            {"spearman": _num(rho_test)} | {f"test_error@{p:g}": _num(e) for p, e in
-                                            zip(labels["label_noise"], labels["test_error"])},
-            len(labels) >= 3 and rho_test >= RANK_CORR))
-        return out
+        chance_rows = ([full] if full is not None else []) + random_inputs
+        deviation = max((abs(float(r["test_acc"]) - chance) for r in chance_rows), default=math.nan)
+        steps = [_steps(r) for _, r in labels.iterrows()]
+        per_level = {f"steps@{p:g}": s for p, s in zip(labels["label_noise"], steps)}
+        factor = _steps(full) / _steps(true) if full is not None and true is not None else math.nan
+        faster = max((_steps(r) for r in random_inputs), default=math.nan) / _steps(full) \
+            if full is not None else math.nan
+        return [
+            Claim("The net drives training error to ~0 on random labels", "Zhang et al. 2017, Fig. 1a",
+                  "training error after training, random labels", error(full), below(FITTED),
+                  {"train_error": error(full), "fit_step": _steps(full)}),
+            Claim("It also fits corrupted inputs: " + ", ".join(inputs["cfg.data.corruption"]),
+                  "Zhang et al. 2017, Fig. 1a and Sec. 2", "largest training error over the corrupted inputs",
+                  max((error(r) for _, r in inputs.iterrows()), default=math.nan), below(FITTED),
+                  {f"{r['cfg.data.corruption']}_train_error": error(r) for _, r in inputs.iterrows()}),
+            Claim("Test accuracy at full label corruption and on random inputs is at chance",
+                  "Zhang et al. 2017, Fig. 1c and Sec. 2", f"largest |test accuracy - {chance:.2f}|", deviation,
+                  below(CHANCE_BAND), {f"{r['condition']}_test_acc": _num(r["test_acc"]) for r in chance_rows}),
+            Claim("The time to fit grows with the label corruption level", "Zhang et al. 2017, Fig. 1b",
+                  "Spearman(label noise, steps to fit)", _spearman(labels["label_noise"], steps), above(RANK_CORR),
+                  per_level),
+            Claim("Random labels take only a small constant factor longer to fit than true labels",
+                  "Zhang et al. 2017, Sec. 2 and Fig. 1b", "steps to fit, random / true labels", factor,
+                  within(*FACTOR), per_level),
+            Claim("Random pixels and Gaussian inputs converge faster than random labels",
+                  "Zhang et al. 2017, Sec. 2.2 and Fig. 1a",
+                  "steps to fit, slower of random pixels and Gaussian / random labels", faster, below(1.0),
+                  {f"steps@{r['condition']}": _steps(r) for r in random_inputs} | {"steps@random_labels":
+                                                                                 _steps(full)}),
+            Claim("Test error rises with the label corruption level", "Zhang et al. 2017, Fig. 1c",
+                  "Spearman(label noise, test error)", _spearman(labels["label_noise"], labels["test_error"]),
+                  above(RANK_CORR), {f"test_error@{p:g}": _num(e) for p, e in
+                                     zip(labels["label_noise"], labels["test_error"])}),
+        ]
 
     def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()

@@ -62,17 +62,34 @@ def _fmt(v) -> str:
     return str(v)
 
 
+VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
+
+
 def print_verdicts(verdicts: list[dict]) -> None:
-    table = Table(title="Verdict", show_lines=True)
-    for col in ("experiment", "claim", "measured", "criterion", "verdict"):
+    table = Table(title="Verdict over seeds (mean and 95% interval; the per-seed values after them)", show_lines=True)
+    for col in ("experiment", "claim", "mean [95% interval]", "per seed", "criterion", "verdict"):
         table.add_column(col, overflow="fold")
     for v in verdicts:
         for c in v["claims"]:
-            measured = ", ".join(f"{k}={_fmt(x)}" for k, x in c["measured"].items())
-            mark = "[green]reproduced[/]" if c["reproduced"] else "[red]not reproduced[/]"
-            table.add_row(escape(f"{v['experiment']} [{v['scale']}]"), escape(c["claim"]), escape(measured),
-                          escape(c["criterion"]), mark)
+            lo, hi = c["interval"]
+            per_seed = ", ".join(f"{s}: {_fmt(x)}" for s, x in c["per_seed"].items())
+            style = VERDICT_STYLE.get(c["verdict"], "white")
+            table.add_row(escape(f"{v['experiment']} [{v['scale']}]"), escape(f"{c['claim']} ({c['reference']})"),
+                          f"{_fmt(c['mean'])} [{_fmt(lo)}, {_fmt(hi)}]", escape(per_seed), escape(c["criterion"]),
+                          f"[{style}]{c['verdict']}[/] ({c['seeds_holding']}/{c['seeds']} seeds)")
     console.print(table)
+
+
+def _seed_options(seeds: Optional[int], seed_base: int) -> dict:
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds: expected a whole number >= 1, got {seeds}")
+    if seed_base < 0:
+        raise UserError(f"--seed-base: expected a whole number >= 0, got {seed_base}")
+    return {"seeds": seeds, "seed_base": seed_base}
+
+
+SEEDS_HELP = "seeds per grid point (default: the scale's, 5 at cpu, 2 at smoke)"
+SEED_BASE_HELP = "the first seed: runs use seeds B, B+1, ..., B+N-1"
 
 
 @app.command()
@@ -87,6 +104,8 @@ def run(
     fuse: str = typer.Option("auto", help="auto: runs of one shape train together as one fused model (each still "
                                           "its own run); off: one after another"),
     fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
+    seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
+    seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
     from framework.preemption import SIGNALS, Stop
@@ -94,13 +113,14 @@ def run(
     from framework.store import RunStore
     try:
         _check_fuse(fuse, fuse_max)
+        seeding = _seed_options(seeds, seed_base)
         recipes, names = _recipes(), _names(experiment)
         verdicts = []
         with SIGNALS.owned():  # for the whole command: between recipes too
             for name in names:
                 recipe = recipes.get(name)()
                 verdicts.append(run_suite(recipe, scale, overrides or [], RunStore(runs_dir), reports_dir, force,
-                                          console, fuse=fuse, fuse_max=fuse_max))
+                                          console, fuse=fuse, fuse_max=fuse_max, **seeding))
                 if verdicts[-1]["claims"]:
                     console.print(f"wrote {recipe.report_dir(reports_dir, verdicts[-1]['scale'])}/verdict.json and "
                                   f"figures ({', '.join(verdicts[-1]['figures'][::2]) or 'none'}); "
@@ -149,6 +169,8 @@ def submit(
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
     fuse: str = typer.Option("auto", help="auto: each fused group of runs is one array task; off: runs alone"),
     fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
+    seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
+    seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
 ):
     """Submit the suite's unfinished runs as one SLURM job array; prints the job id and returns."""
     from framework.cluster import submit as submit_suite
@@ -158,7 +180,7 @@ def submit(
         recipes = _recipes()
         recipe = recipes.get(experiment, "experiment")()
         result = submit_suite(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir), profile,
-                              dry_run, fuse=fuse, fuse_max=fuse_max)
+                              dry_run, fuse=fuse, fuse_max=fuse_max, **_seed_options(seeds, seed_base))
     except UserError as e:
         _fail(e)
     if "script" in result:
@@ -176,13 +198,16 @@ def status(
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as for `repro run`"),
     scale: Optional[str] = typer.Option(None, help="the recipe's scale (default: its default scale)"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
+    seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
+    seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
 ):
     """Run counts by status from the run store, and the suite's jobs in squeue when SLURM is there."""
     from framework.cluster import status as suite_status
     from framework.store import RunStore
     try:
         recipe = _recipes().get(experiment, "experiment")()
-        s = suite_status(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir))
+        s = suite_status(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir),
+                         **_seed_options(seeds, seed_base))
     except UserError as e:
         _fail(e)
     console.print(escape(f"{s['experiment']} [{s['scale']}]: {s['runs']} runs: ")
@@ -200,16 +225,19 @@ def report(
     wandb_run: bool = typer.Option(True, help="also log the verdict and figures to a W&B report run"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
     reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")), help="where reports go"),
+    seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
+    seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
 ):
     """DataFrames (CSV), paper-style figures (PNG, PDF) and HTML reports from runs already trained."""
     from framework.report import log_report_run, report as report_one, write_index
     from framework.store import RunStore
     try:
+        seeding = _seed_options(seeds, seed_base)
         recipes, names = _recipes(), _names(experiment)
         verdicts = []
         for name in names:
             recipe = recipes.get(name)()
-            verdict = report_one(recipe, scale, RunStore(runs_dir), reports_dir, source, overrides or [])
+            verdict = report_one(recipe, scale, RunStore(runs_dir), reports_dir, source, overrides or [], **seeding)
             verdicts.append(verdict)
             outdir = recipe.report_dir(reports_dir, verdict["scale"])
             if wandb_run:

@@ -102,12 +102,12 @@ def queued_runs(store: RunStore, experiment: str) -> set[str]:
 
 
 def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dry_run: bool = False,
-           console=None, fuse: str = "auto", fuse_max: int = 16) -> dict:
+           console=None, fuse: str = "auto", fuse_max: int = 16, seeds: int | None = None, seed_base: int = 0) -> dict:
     """Submits the suite's runs that are not finished, not owned by a live process (their lock) and not
     pending or running in an earlier submission's array; each fused group (framework/planner.py) is one array
     task, and an array task trains its runs as the same groups."""
     from framework.planner import plan_suite
-    all_runs = recipe.runs(scale, overrides)
+    all_runs = recipe.runs(scale, overrides, seeds, seed_base)
     queued = queued_runs(store, recipe.name)
     runs = [r for r in all_runs if not store.is_finished(recipe.name, r.run_id) and r.run_id not in queued
             and store.owner(recipe.name, r.run_id) is None]
@@ -196,8 +196,8 @@ def squeue(job_name: str) -> list[dict]:
     return [{"job": r[0], "state": r[1], "time": r[2], "reason": r[3]} for r in rows]
 
 
-def status(recipe, scale: str, overrides, store: RunStore) -> dict:
-    runs = recipe.runs(scale, overrides)
+def status(recipe, scale: str, overrides, store: RunStore, seeds: int | None = None, seed_base: int = 0) -> dict:
+    runs = recipe.runs(scale, overrides, seeds, seed_base)
     counts = {s: 0 for s in ("done", "running", "pending", "failed", "diverged")}
     for run in runs:
         counts[store.status(recipe.name, run.run_id)] += 1

@@ -1,4 +1,6 @@
-"""Training diagnostics: per-layer gradient and weight norms and activation saturation, every N steps.
+"""Training diagnostics every N steps: per-layer weight-gradient and weight norms, and per hidden layer the
+back-propagated gradient norm ||dL/da|| (Glorot & Bengio 2010, Fig. 7; He et al. 2015, Eq. 14), the activation
+variance Var(a) (Glorot & Bengio, Fig. 6; He et al., Eq. 10) and the saturated fraction of units.
 
 Scalars go to the loggers that take many keys (W&B); the layer x step matrix is kept for figures and saved
 to the run store. Norms are measured after backward and before the optimizer step (and before clipping).
@@ -16,9 +18,11 @@ class Diagnostics(pl.Callback):
     def __init__(self, every_n_steps: int = 10, saturation_threshold: float = 0.05):
         self.every = every_n_steps
         self.threshold = saturation_threshold
-        self.rows: list[dict] = []          # long format: step, layer, grad_norm, weight_norm, saturation
+        self.rows: list[dict] = []  # long format: step, layer, grad_norm, weight_norm, saturation, act_*
         self._capture = False
         self._saturation: dict[int, float] = {}
+        self._act_var: dict[int, torch.Tensor] = {}
+        self._act_grad: dict[int, torch.Tensor] = {}
         self._hooks = []
 
     def on_fit_start(self, trainer, pl_module):
@@ -36,11 +40,17 @@ class Diagnostics(pl.Callback):
                 slope = act.slope(inputs[0].detach(), output.detach())
                 low = (slope < self.threshold * act.max_slope).float()
                 self._saturation[index] = low.reshape(self.k, -1).mean(1)  # read later
+                per_member = output.detach().reshape(self.k, output.shape[0] // self.k, -1)
+                self._act_var[index] = per_member.var(dim=(1, 2))
+                if output.requires_grad:  # dL/da arrives in backward: each member's own slice of the rows
+                    def grad_hook(grad):
+                        self._act_grad[index] = grad.detach().reshape(self.k, -1).norm(dim=1)
+                    output.register_hook(grad_hook)
         return hook
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._capture = trainer.global_step % self.every == 0
-        self._saturation = {}
+        self._saturation, self._act_var, self._act_grad = {}, {}, {}
         if self._capture:  # hooks only on the measured steps: 50 Python hooks cost a deep net 0.2 ms a step
             self._hooks = [module.register_forward_hook(self._saturation_hook(i, act))
                            for i, (module, act) in enumerate(self._activations)]
@@ -57,17 +67,23 @@ class Diagnostics(pl.Callback):
         per_member = lambda t: t.reshape(k, -1).norm(dim=1)  # noqa: E731 - one norm per member
         grads = [nan if layer.weight.grad is None else per_member(layer.weight.grad) for layer in self._layers]
         weights = [per_member(layer.weight.detach()) for layer in self._layers]
-        values = torch.stack([*grads, *weights, *(self._saturation[i] for i in sorted(self._saturation))]).T.tolist()
-        n = len(self._layers)
+        acts = sorted(self._saturation)
+        act_grads = [self._act_grad.get(i, nan) for i in acts]
+        values = torch.stack([*grads, *weights, *(self._saturation[i] for i in acts),
+                              *(self._act_var[i] for i in acts), *act_grads]).T.tolist()
+        n, a = len(self._layers), len(acts)
         active = [i for i in range(k)] if k == 1 else pl_module.active
         for member in active:
             v = values[member]
             grad_norm, weight_norm = v[:n], v[n:2 * n]
-            saturation = dict(zip(sorted(self._saturation), v[2 * n:]))
+            saturation = dict(zip(acts, v[2 * n:2 * n + a]))
+            act_var = dict(zip(acts, v[2 * n + a:2 * n + 2 * a]))
+            act_grad = dict(zip(acts, v[2 * n + 2 * a:]))
             scalars = {}
             for i in range(n):
                 row = {"step": step, "layer": i, "grad_norm": grad_norm[i], "weight_norm": weight_norm[i],
-                       "saturation": saturation.get(i, float("nan"))}
+                       "saturation": saturation.get(i, float("nan")), "act_var": act_var.get(i, float("nan")),
+                       "act_grad_norm": act_grad.get(i, float("nan"))}
                 self.rows.append({**row, "member": member})
                 scalars[f"grad_norm/layer_{i:02d}"] = row["grad_norm"]
                 scalars[f"weight_norm/layer_{i:02d}"] = row["weight_norm"]

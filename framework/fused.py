@@ -37,10 +37,13 @@ class FusedLinear(nn.Module):
             else None
 
     def forward(self, x):
-        h = x.reshape(self.k, -1, x.shape[-1])
-        w = self.weight.transpose(1, 2)
-        out = torch.bmm(h, w) if self.bias is None else torch.baddbmm(self.bias[:, None, :], h, w)
-        return out.reshape(*x.shape[:-1], -1)
+        # computed transposed, W @ h^T per member: measured on one CPU thread, the weight gradient of h @ W^T
+        # runs as a batched matrix-vector product that takes 8x longer for one output (the Wilson construction's
+        # 3003 -> 1 layer: 28 ms against 3.2 ms a step), and a 16 x 50-layer width-10 MLP step takes 30 ms
+        # against 22 ms
+        ht = x.reshape(self.k, -1, x.shape[-1]).transpose(1, 2)
+        out = torch.bmm(self.weight, ht) if self.bias is None else torch.baddbmm(self.bias[:, :, None], self.weight, ht)
+        return out.transpose(1, 2).reshape(*x.shape[:-1], -1)
 
 
 def _to_channels(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -162,6 +165,9 @@ class FusedBatches:
     with its own seed (data order) and tensors (labels, inputs), concatenated into K * B rows."""
 
     def __init__(self, loaders: list[TensorBatches]):
+        shapes = {(len(loader), loader.batch_size) for loader in loaders}
+        if len(shapes) > 1:  # the planner fuses only runs whose splits have equal sizes; never pad or cut silently
+            raise ValueError(f"fused members' loaders differ in (batches, batch size): {sorted(shapes)}")
         self.loaders = loaders
         self.sampler, self.batch_sampler = self, None
 

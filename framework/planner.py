@@ -1,6 +1,7 @@
 """Which of a suite's runs train together as one fused model (framework/fused.py), and which alone.
 
-Runs fuse when everything but their per-member settings is equal (MEMBER_KEYS: seed, optimizer
+Runs fuse when everything but their per-member settings is equal (MEMBER_KEYS: seed, data split seed (each
+member builds its own splits; their sizes are equal because the split fractions are), optimizer
 hyperparameters, schedule, label noise, input corruption, initialisation, dropout rate, gradient clipping,
 early-stop threshold) and their nets have the same structure (runs that stop early fuse with their seeds only); a group holds at most `fuse_max` runs and no more
 than a share of the machine's memory. Fusion never enters a run's identity: the plan only decides how the
@@ -19,7 +20,7 @@ from framework.config import RunConfig, flatten, in_identity_exempt, to_dict
 FUSE_MODES = ("auto", "off")
 FUSE_MAX = 16
 MEMORY_SHARE = 0.5  # of the machine's (or GPU's) memory, for one group's weights, optimizer state and activations
-MEMBER_KEYS = ("seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
+MEMBER_KEYS = ("seed", "data.split_seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
                "optim.base_batch_size", "schedule.", "data.label_noise", "data.corruption", "model.init",
                "model.dropout", "trainer.stop_at_train_acc", "trainer.gradient_clip")
 

@@ -5,10 +5,14 @@ A recipe's YAML holds the base run config, the grid and the scales:
     run:    {data: {...}, model: {...}, ...}        # nested or dotted keys of RunConfig
     grid:   {model.depth: [2, 10, 50],               # a list sweeps one key
              arch: {plain: {}, residual: {model.residual: true}}}   # a map names bundles of overrides
-    scales: {smoke: {run: {...}, grid: {...}}, cpu: {}}
+    scales: {smoke: {seeds: 2, run: {...}, grid: {...}}, cpu: {seeds: 5}}
     default_scale: cpu
 
-The Python side (experiments/<name>.py) declares the claims, computed only from the runs' logged numbers.
+Seeds are the framework's axis, never the grid's: each scale declares how many it runs (`seeds`, default
+DEFAULT_SEEDS), `--seeds N --seed-base B` overrides both, and every grid point runs at seeds B ... B+N-1 with the
+same data split (data.split_seed), unless the YAML says `data_per_seed: true` (then data.split_seed = seed: each
+seed draws its own data, for synthetic problems whose draw is part of the claim). The Python side (experiments/<name>.py) measures each claim on one seed's runs,
+only from their logged numbers; framework/verdict.py judges it over the seeds.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import itertools
 from abc import ABC, abstractmethod
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +31,15 @@ from framework.planner import FUSE_MAX
 from framework.config import RunConfig, apply, config_hash, flatten, parse_value, to_dict
 from framework.registry import UserError, suggest
 from framework.store import RunStore, atomic_write, strict_json
+from framework.verdict import Claim, judge
+
+DEFAULT_SEEDS = 5  # a scale that does not say how many seeds it runs
 
 def config_dir() -> Path:
     """The recipes' YAML: $REPRO_CONFIGS, else the checkout's configs/ (an editable install), else the copy
     installed with the package (framework/configs, see pyproject.toml)."""
     from framework.resources import resource_dir
     return Path(os.environ["REPRO_CONFIGS"]) if os.environ.get("REPRO_CONFIGS") else resource_dir("configs")
-
-
-@dataclass
-class Claim:
-    claim: str
-    source: str
-    criterion: str
-    measured: dict[str, Any]
-    reproduced: bool
-
-    def __post_init__(self):
-        self.reproduced = bool(self.reproduced)  # numpy comparisons give np.bool_, which JSON does not take
 
 
 @dataclass
@@ -58,7 +53,7 @@ class Run:
 
 
 class Recipe(ABC):
-    """Subclass per phenomenon: set the class attributes, implement claims() and figures()."""
+    """Subclass per phenomenon: set the class attributes, implement measure() (one seed) and figures()."""
     name: str = ""
     title: str = ""
     papers: list[str] = []
@@ -87,16 +82,23 @@ class Recipe(ABC):
     def default_scale(self) -> str:
         return self.spec().get("default_scale", "cpu")
 
-    def runs(self, scale: str | None = None, overrides: list[str] | dict | None = None) -> list[Run]:
-        return expand(self.name, self.spec(), scale or self.default_scale(), overrides or [], self.spec_path())
+    def runs(self, scale: str | None = None, overrides: list[str] | dict | None = None, seeds: int | None = None,
+             seed_base: int = 0) -> list[Run]:
+        return expand(self.name, self.spec(), scale or self.default_scale(), overrides or [], self.spec_path(),
+                      seeds, seed_base)
 
     def report_dir(self, reports_dir: Path, scale: str | None = None) -> Path:
         """Each scale keeps its own report: reports/<experiment>/<scale>/."""
         return Path(reports_dir) / self.name / (scale or self.default_scale())
 
     @abstractmethod
-    def claims(self, runs: pd.DataFrame, store: RunStore) -> list[Claim]:
-        """The recipe's claims, each computed from the runs' logged numbers."""
+    def measure(self, runs: pd.DataFrame, store: RunStore) -> list[Claim]:
+        """The recipe's claims measured on one seed's runs (the same claims, in the same order, for every seed),
+        each from the runs' logged numbers."""
+
+    def claims(self, runs: pd.DataFrame, store: RunStore) -> list[dict]:
+        """Every claim over the seeds: per-seed values, mean, 95% interval and verdict (framework/verdict.py)."""
+        return judge(self.measure, runs, store)
 
     def figures(self, runs: pd.DataFrame, store: RunStore, outdir: Path) -> list[Path]:
         return []
@@ -106,9 +108,11 @@ def _axis_label(key: str, value: Any) -> str:
     return f"{key.split('.')[-1]}={value}"
 
 
-def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, source: Path | str = "") -> list[Run]:
-    """The suite's runs. Precedence, lowest first: the YAML's run, the scale's run, a grid value or bundle, and
-    what the user typed (a typed key pins a swept axis to that value and overrides every bundle that sets it)."""
+def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, source: Path | str = "",
+           seeds: int | None = None, seed_base: int = 0) -> list[Run]:
+    """The suite's runs: every grid point at every seed. Precedence, lowest first: the YAML's run, the scale's run,
+    a grid value or bundle, and what the user typed (a typed key pins a swept axis to that value and overrides
+    every bundle that sets it). Seeds: `seeds` (else the scale's, else DEFAULT_SEEDS) from `seed_base` on."""
     where = f"{source}: " if source else ""
     scales = spec.get("scales") or {}
     if not isinstance(scales, dict):
@@ -116,11 +120,17 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
     if scale not in scales:
         raise UserError(f"unknown scale '{scale}' for {name}{suggest(scale, scales)}; choices: {', '.join(scales)}")
     scale_spec = scales[scale] or {}
+    if not isinstance(scale_spec, dict):
+        raise UserError(f"{where}scales.{scale}: expected a map (seeds, run, grid), got {scale_spec!r}")
+    seed_list = _seeds(scale_spec.get("seeds", DEFAULT_SEEDS) if seeds is None else seeds, seed_base,
+                       f"{where}scales.{scale}.seeds" if seeds is None else "--seeds")
     base = {**flatten(spec.get("run") or {}), **flatten(scale_spec.get("run") or {})}
     grids = _grids(spec.get("grid") or {}, scale_spec.get("grid"))
     typed: dict[str, Any] = {}
     items = overrides.items() if isinstance(overrides, dict) else _split(overrides)
     for key, value in items:
+        if key == "seed" or key == "grid.seed":
+            raise UserError(f"{key}: seeds are set with --seeds N --seed-base B (seeds B ... B+N-1), not as a key")
         if key.startswith("grid."):           # grid.model.depth=[2,3] replaces an axis
             axis = key[len("grid."):]
             owners = [g for g in grids if axis in g]
@@ -141,6 +151,9 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
     for grid in grids:
         axes = []
         for axis, values in grid.items():
+            if axis == "seed":
+                raise UserError(f"{where}grid.seed: a recipe never lists seeds; each scale declares how many it "
+                                f"runs (scales.<name>.seeds) and the framework adds the axis")
             if isinstance(values, dict) and values:
                 for label, bundle in values.items():
                     if bundle is not None and not isinstance(bundle, dict):
@@ -151,13 +164,18 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
             else:
                 raise UserError(f"{where}grid.{axis}: expected a non-empty list of values or a non-empty map of "
                                 f"named overrides, got {values!r}")
-        combos += list(itertools.product(*axes))
+        combos += list(itertools.product(*axes, [("seed", s, {"seed": s}, False) for s in seed_list]))
     runs, seen = [], set()
     from framework.module import check_model_size
+    data_per_seed = spec.get("data_per_seed", False)
+    if not isinstance(data_per_seed, bool):
+        raise UserError(f"{where}data_per_seed: expected true or false, got {data_per_seed!r}")
     for combo in combos:
         changes, labels, axis_values = {}, [], {}
         for axis, value, bundle, named in combo:
             changes.update(bundle)
+            if axis == "seed" and data_per_seed:
+                changes["data.split_seed"] = value
             axis_values[axis] = value
             if axis != "seed":
                 labels.append(str(value) if named else _axis_label(axis, value))
@@ -168,6 +186,14 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
             seen.add(run.run_id)
             runs.append(run)
     return runs
+
+
+def _seeds(count, base, key: str) -> list[int]:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UserError(f"{key}: expected a whole number of seeds >= 1, got {count!r}")
+    if isinstance(base, bool) or not isinstance(base, int) or base < 0 or base + count > 2 ** 32:
+        raise UserError(f"--seed-base: expected a whole number >= 0 with base + seeds <= 2**32, got {base!r}")
+    return list(range(base, base + count))
 
 
 def _grids(grid, scale_grid) -> list[dict]:
@@ -216,7 +242,8 @@ def history(runs: pd.DataFrame, store: RunStore, experiment: str, name: str = "m
 
 
 def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, reports_dir: Path,
-              force: bool = False, console=None, fuse: str = "auto", fuse_max: int = FUSE_MAX) -> dict:
+              force: bool = False, console=None, fuse: str = "auto", fuse_max: int = FUSE_MAX,
+              seeds: int | None = None, seed_base: int = 0) -> dict:
     """Train every run of the suite that is not finished, then evaluate the claims and draw the figures.
 
     Runs of one shape train as fused groups (framework/planner.py; fuse="off": one by one). Runs another live
@@ -230,7 +257,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     from framework.store import RunBusy, describe_owner
 
     scale = scale or recipe.default_scale()
-    runs = recipe.runs(scale, overrides)
+    runs = recipe.runs(scale, overrides, seeds, seed_base)
     started = time.time()
     failed: list[dict] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -279,7 +306,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
             console.print(f"[red]figures of {recipe.name} failed:[/] {figure_error}")
     from framework.tracking import code_version
     verdict = {
-        "experiment": recipe.name, "scale": scale, "claims": [asdict(c) for c in claims],
+        "experiment": recipe.name, "scale": scale, "seeds": sorted({int(r.cfg.seed) for r in runs}), "claims": claims,
         "runs": frame["status"].value_counts().to_dict(), "failed": failed, "claims_error": claims_error,
         "figures": [str(f.relative_to(outdir)) for f in figures],
         "figure_error": figure_error, "code": code_version(), "wall_s": round(time.time() - started, 1),

@@ -22,8 +22,9 @@ from framework.tracking import code_version
 from framework.wandb_files import offline_runs, read_run
 
 
-def local_frames(recipe: Recipe, scale: str, store: RunStore, overrides=()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    runs = recipe.runs(scale, list(overrides))
+def local_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seeds=None,
+                 seed_base=0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = recipe.runs(scale, list(overrides), seeds, seed_base)
     summary = runs_frame(runs, store)
     from framework.recipe import history
     return summary, history(summary, store, recipe.name)
@@ -42,10 +43,11 @@ def wandb_history(run: dict) -> pd.DataFrame:
     return merged[["step", *sorted(c for c in merged.columns if c != "step")]]
 
 
-def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), project: str | None = None):
+def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seeds=None, seed_base=0,
+                 project: str | None = None):
     """The same frames from W&B: through wandb.Api when online, else from the offline run files in the store."""
     from framework.tracking import wandb_mode
-    runs = recipe.runs(scale, list(overrides))
+    runs = recipe.runs(scale, list(overrides), seeds, seed_base)
     if runs and wandb_mode(runs[0].cfg) == "online":
         return _api_frames(recipe, runs, project or runs[0].cfg.tracking.project, runs[0].cfg.tracking.entity)
     summary_rows, histories = [], []
@@ -148,6 +150,7 @@ def _img(path: Path) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}.yes{color:#070}.no{color:#b00}
+.maybe{color:#a60}
 img{max-width:100%}figure{margin:1em 0}code{font-size:12px}"""
 # The page records how many of its figures decoded, for a headless browser (and a curious user) to read.
 CHECK = """<script>window.addEventListener('load',()=>{const i=[...document.images];
@@ -155,18 +158,29 @@ document.body.dataset.figures=i.length;document.body.dataset.figuresLoaded=i.fil
 </script>"""
 
 
+def _g(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+VERDICT_CLASS = {"reproduced": "yes", "not reproduced": "no", "inconclusive": "maybe"}
+
+
 def verdict_rows(verdict: dict) -> str:
     rows = []
     for c in verdict["claims"]:
-        measured = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c["measured"].items())
-        ok = '<b class="yes">reproduced</b>' if c["reproduced"] else '<b class="no">not reproduced</b>'
+        lo, hi = c["interval"]
+        per_seed = ", ".join(f"{s}: {_g(v)}" for s, v in c["per_seed"].items())
+        mark = f'<b class="{VERDICT_CLASS.get(c["verdict"], "maybe")}">{html.escape(c["verdict"])}</b> ' \
+               f'({c["seeds_holding"]}/{c["seeds"]} seeds hold)'
         rows.append(f"<tr><td>{html.escape(verdict['experiment'])}</td><td>{html.escape(c['claim'])}</td>"
-                    f"<td>{html.escape(c['source'])}</td><td><code>{html.escape(measured)}</code></td>"
-                    f"<td>{html.escape(c['criterion'])}</td><td>{ok}</td></tr>")
+                    f"<td>{html.escape(c['reference'])}</td><td>{_g(c['mean'])} [{_g(lo)}, {_g(hi)}]</td>"
+                    f"<td><code>{html.escape(per_seed)}</code></td>"
+                    f"<td>{html.escape(c['criterion'])}</td><td>{mark}</td></tr>")
     return "\n".join(rows)
 
 
-TABLE_HEAD = "<tr><th>experiment</th><th>claim</th><th>paper</th><th>measured</th><th>criterion</th><th>verdict</th></tr>"
+TABLE_HEAD = ("<tr><th>experiment</th><th>claim</th><th>paper</th><th>mean [95% interval]</th><th>per seed</th>"
+              "<th>criterion</th><th>verdict</th></tr>")
 
 
 def experiment_page(recipe: Recipe, verdict: dict, summary: pd.DataFrame, figures: list[Path], grid: dict,
@@ -196,12 +210,13 @@ def index_page(verdicts: list[dict], info: dict) -> str:
 
 
 def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path, source: str = "local",
-           overrides=()) -> dict:
+           overrides=(), seeds: int | None = None, seed_base: int = 0) -> dict:
     """Frames, figures, claims and the HTML page of one recipe, from runs already in the store (or W&B)."""
     scale = scale or recipe.default_scale()
     if source not in ("local", "wandb"):
         raise UserError(f"--source: unknown source '{source}'; choices: local, wandb")
-    summary, hist = (local_frames if source == "local" else wandb_frames)(recipe, scale, store, overrides)
+    summary, hist = (local_frames if source == "local" else wandb_frames)(recipe, scale, store, overrides, seeds,
+                                                                           seed_base)
     if summary.empty or "train_loss" not in summary:
         raise UserError(f"no finished runs of {recipe.name} [{scale}] in {store.root} (source {source}): "
                         f"run `repro run {recipe.name} --scale {scale}` first")
@@ -211,9 +226,8 @@ def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path
     hist.to_csv(outdir / "history.csv", index=False)
     claims = recipe.claims(summary, store)
     figures = recipe.figures(summary, store, outdir) + diagnostics_figure(summary, store, recipe.name, outdir)
-    from dataclasses import asdict
     info = versions()
-    verdict = {"experiment": recipe.name, "scale": scale, "source": source, "claims": [asdict(c) for c in claims],
+    verdict = {"experiment": recipe.name, "scale": scale, "source": source, "claims": claims,
                "runs": summary["status"].value_counts().to_dict() if "status" in summary else {},
                "figures": [f.name for f in figures], "versions": info}
     atomic_write(outdir / "verdict.json", strict_json(verdict, indent=1, default=str))
@@ -246,10 +260,11 @@ def log_report_run(verdict: dict, outdir: Path, project: str = "repro") -> None:
     try:
         summary = {}
         for i, c in enumerate(verdict["claims"]):
-            summary[f"claim_{i + 1}/reproduced"] = c["reproduced"]
-            for k, v in c["measured"].items():
-                if isinstance(v, (int, float)) and v is not None:
-                    summary[f"claim_{i + 1}/{k}"] = v
+            summary[f"claim_{i + 1}/verdict"] = c["verdict"]
+            summary[f"claim_{i + 1}/mean"] = c["mean"]
+            summary[f"claim_{i + 1}/interval_low"], summary[f"claim_{i + 1}/interval_high"] = c["interval"]
+            for seed, v in c["per_seed"].items():
+                summary[f"claim_{i + 1}/seed_{seed}"] = v
         run.summary.update(summary)
         run.log({Path(f).stem: wandb.Image(str(outdir / f)) for f in verdict["figures"] if f.endswith(".png")})
     finally:

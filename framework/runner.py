@@ -91,7 +91,9 @@ def fit_step(metrics: pd.DataFrame, threshold: float) -> int | None:
 
 
 def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
-    """Median over logged steps of the first and last weight layer's gradient norm, and of saturation."""
+    """Median over logged steps of the first and last weight layer's gradient norm, and of saturation; at
+    initialisation (the first measured step), the first/last hidden layer's back-propagated gradient norm ratio
+    and the last/first activation-variance ratio."""
     if diag.empty:
         return {}
     by_layer = diag.groupby("layer")
@@ -101,6 +103,14 @@ def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
            "grad_ratio_first_last": first / last if last > 0 else float("nan"),
            "saturation_mean": float(diag["saturation"].mean(skipna=True)) if diag["saturation"].notna().any()
            else float("nan")}
+    hidden = diag.dropna(subset=["act_grad_norm", "act_var"]) if "act_grad_norm" in diag else diag.iloc[:0]
+    if len(hidden):
+        init = hidden[hidden["step"] == hidden["step"].min()].sort_values("layer")
+        g, v = init["act_grad_norm"].to_numpy(), init["act_var"].to_numpy()
+        out["backprop_ratio_at_init"] = float(g[0] / g[-1]) if g[-1] > 0 else float("nan")
+        out["act_var_ratio_at_init"] = float(v[-1] / v[0]) if v[0] > 0 else float("nan")
+        med = hidden.groupby("layer")["act_grad_norm"].median()
+        out["backprop_ratio_first_last"] = float(med.iloc[0] / med.iloc[-1]) if med.iloc[-1] > 0 else float("nan")
     return out
 
 

@@ -1,0 +1,142 @@
+"""Claims over seeds: each claim's statistic is measured on every seed's runs, then judged by its 95% interval.
+
+A recipe measures a claim on one seed's runs (`Claim`: the statistic's value and the criterion that says on
+which side of a threshold the paper's statement lies). `judge` gathers the seeds: the per-seed values, their
+mean, a 95% interval for the mean, and one of three verdicts:
+- reproduced: the whole interval lies on the claim's side of the criterion;
+- not reproduced: the whole interval lies on the other side;
+- inconclusive: the interval straddles the criterion (or fewer than two seeds gave a number).
+
+The interval is Student's t interval for the mean over seeds. With the 2 to 5 seeds a recipe runs, a percentile
+bootstrap cannot reach past the observed range and covers far less than 95% (about 80% at n = 5 for normal
+values); the t interval is exact for normal per-seed values and wider where seeds disagree. Identical per-seed
+values give a zero-width interval, so a deterministic statistic (every seed fits, every seed diverges) is judged
+as it stands.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """The side of a threshold the claim puts its statistic on: '>' (above), '<' (below) or 'in' [lo, hi]."""
+    op: str
+    bound: float | tuple[float, float]
+
+    def holds(self, x: float) -> bool:
+        if x is None or math.isnan(x):
+            return False
+        if self.op == ">":
+            return x > self.bound
+        if self.op == "<":
+            return x < self.bound
+        lo, hi = self.bound
+        return lo <= x <= hi
+
+    def judge(self, lo: float, hi: float) -> str:
+        """The verdict of an interval [lo, hi] for the statistic's mean."""
+        if any(v is None or math.isnan(v) for v in (lo, hi)):
+            return INCONCLUSIVE
+        if self.op == ">":
+            return REPRODUCED if lo > self.bound else NOT_REPRODUCED if hi <= self.bound else INCONCLUSIVE
+        if self.op == "<":
+            return REPRODUCED if hi < self.bound else NOT_REPRODUCED if lo >= self.bound else INCONCLUSIVE
+        a, b = self.bound
+        if a <= lo and hi <= b:
+            return REPRODUCED
+        return NOT_REPRODUCED if hi < a or lo > b else INCONCLUSIVE
+
+    def __str__(self) -> str:
+        if self.op == "in":
+            return f"in [{self.bound[0]:g}, {self.bound[1]:g}]"
+        return f"{self.op} {self.bound:g}"
+
+
+def above(x: float) -> Criterion:
+    return Criterion(">", float(x))
+
+
+def below(x: float) -> Criterion:
+    return Criterion("<", float(x))
+
+
+def within(lo: float, hi: float) -> Criterion:
+    return Criterion("in", (float(lo), float(hi)))
+
+
+@dataclass
+class Claim:
+    """One claim measured on one seed's runs: the statistic's value and the criterion it is judged by."""
+    claim: str
+    reference: str          # the paper, section or figure that states it
+    statistic: str          # what `value` measures, in words
+    value: float
+    criterion: Criterion
+    measured: dict[str, Any] = field(default_factory=dict)   # the numbers the value is computed from
+
+    def __post_init__(self):
+        self.value = _number(self.value)
+
+    @property
+    def holds(self) -> bool:
+        return self.criterion.holds(self.value)
+
+
+def _number(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
+    """Student's t interval for the mean of the per-seed values (nan with fewer than two). Infinite values (a
+    quantity never reached, as steps to fit of a run that never fitted) give the range of the values instead."""
+    from scipy import stats
+    xs = [v for v in values if not math.isnan(v)]
+    if len(xs) < 2:
+        return math.nan, math.nan
+    if any(math.isinf(v) for v in xs):
+        return min(xs), max(xs)
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in xs) / (len(xs) - 1))
+    half = stats.t.ppf(0.5 + level / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
+    return mean - half, mean + half
+
+
+def summarise(per_seed: dict[int, Claim]) -> dict:
+    """The verdict.json entry of one claim from its per-seed measurements."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    values = [per_seed[s].value for s in seeds]
+    known = [v for v in values if not math.isnan(v)]
+    mean = sum(known) / len(known) if known else math.nan
+    lo, hi = interval(values)
+    verdict = first.criterion.judge(lo, hi)
+    return {"claim": first.claim, "reference": first.reference, "statistic": first.statistic,
+            "criterion": f"{first.statistic} {first.criterion}", "per_seed": {str(s): per_seed[s].value for s in seeds},
+            "mean": mean, "interval": [lo, hi], "verdict": verdict,
+            "seeds_holding": sum(per_seed[s].holds for s in seeds), "seeds": len(seeds),
+            "measured": {str(s): per_seed[s].measured for s in seeds}}
+
+
+def judge(measure, runs, store) -> list[dict]:
+    """Measure the claims on each seed's runs (`measure(runs_of_one_seed, store)`) and summarise them over seeds.
+    A seed whose runs cannot give a claim's number counts as nan for it (never as a pass)."""
+    seeds = sorted(runs["seed"].unique()) if "seed" in runs.columns else [0]
+    measured: dict[int, list[Claim]] = {}
+    for seed in seeds:
+        part = runs[runs["seed"] == seed] if "seed" in runs.columns else runs
+        part.attrs = dict(runs.attrs)
+        measured[int(seed)] = measure(part, store)
+    counts = {len(c) for c in measured.values()}
+    if len(counts) != 1:
+        raise ValueError(f"the recipe measured a different number of claims per seed: {sorted(counts)}")
+    return [summarise({s: claims[i] for s, claims in measured.items()}) for i in range(counts.pop())]

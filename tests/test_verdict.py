@@ -1,0 +1,92 @@
+"""Claims over seeds: the 95% interval and the three-valued verdict, on constructed per-seed values."""
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from framework.recipe import expand
+from framework.registry import UserError
+from framework.verdict import Claim, above, below, interval, judge, summarise, within
+
+
+def _claims(values, criterion):
+    return {seed: Claim("c", "paper, Fig. 1", "x", v, criterion, {"x": v}) for seed, v in enumerate(values)}
+
+
+def test_interval_is_students_t_for_the_mean():
+    values = [0.52, 0.55, 0.49, 0.58, 0.51]
+    lo, hi = interval(values)
+    ref = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / 5, scale=stats.sem(values))
+    assert (lo, hi) == pytest.approx(ref)
+    assert interval([0.3, 0.3, 0.3]) == (0.3, 0.3)          # seeds that agree exactly: a point
+    assert all(math.isnan(v) for v in interval([0.3]))      # one seed: no interval
+    assert interval([1.0, math.inf, 2.0]) == (1.0, math.inf)  # a quantity never reached: the range
+
+
+@pytest.mark.parametrize("values, criterion, verdict", [
+    ([0.60, 0.62, 0.58, 0.61, 0.59], above(0.5), "reproduced"),
+    ([0.40, 0.42, 0.38, 0.41, 0.39], above(0.5), "not reproduced"),
+    ([0.30, 0.70, 0.45, 0.60, 0.52], above(0.5), "inconclusive"),      # straddles 0.5
+    ([-3.0, -2.9, -3.2, -3.1, -2.8], below(-2), "reproduced"),
+    ([-1.0, -0.5, -1.2, -0.8, -0.9], below(-2), "not reproduced"),
+    ([-2.5, -1.5, -2.2, -1.8, -2.0], below(-2), "inconclusive"),
+    ([0.9, 1.1, 1.0, 0.95, 1.05], within(0.7, 1.3), "reproduced"),
+    ([0.2, 0.3, 0.25, 0.22, 0.28], within(0.7, 1.3), "not reproduced"),
+    ([0.5, 1.0, 0.8, 0.6, 0.9], within(0.7, 1.3), "inconclusive"),     # crosses the lower edge
+    ([0.6, 0.61], above(0.5), "reproduced"),                           # two seeds: t with 1 d.f., still above
+    ([0.2, 0.9], above(0.5), "inconclusive"),
+    ([0.7, math.nan, 0.8, 0.75], above(0.5), "reproduced"),            # a seed without a number is left out
+    ([0.7], above(0.5), "inconclusive"),                               # one seed never decides
+    ([math.nan, math.nan], above(0.5), "inconclusive"),
+])
+def test_three_valued_verdict(values, criterion, verdict):
+    out = summarise(_claims(values, criterion))
+    assert out["verdict"] == verdict
+    assert out["per_seed"] == pytest.approx({str(i): v for i, v in enumerate(values)}, nan_ok=True)
+    known = [v for v in values if not math.isnan(v)]
+    assert out["mean"] == pytest.approx(sum(known) / len(known) if known else math.nan, nan_ok=True)
+    assert out["seeds"] == len(values) and out["seeds_holding"] == sum(criterion.holds(v) for v in values)
+
+
+def test_judge_measures_each_seed_on_its_own_runs():
+    runs = pd.DataFrame({"seed": [3, 3, 4, 4], "width": [8, 16, 8, 16], "test_error": [0.3, 0.2, 0.25, 0.1]})
+    seen = []
+
+    def measure(part, store):
+        seen.append(sorted(part["seed"].unique()))
+        drop = part.sort_values("width")["test_error"].diff().iloc[-1]
+        return [Claim("error falls with width", "paper", "error drop", -drop, above(0.0), {})]
+    (claim,) = judge(measure, runs, None)
+    assert seen == [[3], [4]]
+    assert claim["per_seed"] == pytest.approx({"3": 0.1, "4": 0.15}) and claim["verdict"] in (
+        "reproduced", "inconclusive")
+
+
+SPEC = {"run": {"data": {"name": "digits"}}, "grid": {"model.width": [8, 16]},
+        "scales": {"smoke": {"seeds": 2}, "cpu": {}}}
+
+
+def test_the_framework_adds_the_seed_axis():
+    runs = expand("x", SPEC, "smoke", [])
+    assert [(r.cfg.model.width, r.cfg.seed) for r in runs] == [(8, 0), (8, 1), (16, 0), (16, 1)]
+    assert all(r.axes["seed"] == r.cfg.seed and r.cfg.data.split_seed == 0 for r in runs)  # the split stays fixed
+    assert len(expand("x", SPEC, "cpu", [])) == 10                                    # the default: 5 seeds
+    based = expand("x", SPEC, "smoke", [], seeds=3, seed_base=7)
+    assert sorted({r.cfg.seed for r in based}) == [7, 8, 9]
+    # seed 0's run of a config is the run it always was: its id does not depend on how many seeds run
+    assert expand("x", SPEC, "smoke", [], seeds=1)[0].run_id == runs[0].run_id
+    per_seed_data = expand("x", {**SPEC, "data_per_seed": True}, "smoke", [])
+    assert [r.cfg.data.split_seed for r in per_seed_data] == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("spec, overrides, seeds, base, key", [
+    ({**SPEC, "grid": {"seed": [0, 1]}}, [], None, 0, "grid.seed"),
+    (SPEC, ["seed=3"], None, 0, "seed"),
+    (SPEC, [], 0, 0, "--seeds"),
+    (SPEC, [], 2, -1, "--seed-base"),
+    ({**SPEC, "scales": {"smoke": {"seeds": "two"}}}, [], None, 0, "scales.smoke.seeds"),
+])
+def test_bad_seeds_are_named(spec, overrides, seeds, base, key):
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        expand("x", spec, "smoke", overrides, seeds=seeds, seed_base=base)
