@@ -31,6 +31,8 @@ ADAPTIVE = ("adagrad", "rmsprop", "adam")
 NON_ADAPTIVE = ("sgd", "momentum", "nesterov")
 ZERO = 1e-3           # test error below this: zero errors on the construction's few hundred test points
 MATCH = 0.02          # |test error - fraction of negatives| below this: "labels every new point +1"
+GAP = 0.005           # half a point of test error: the gaps these papers report on CIFAR-10 are about a point or
+                      # more, so a smaller one is not their effect (and is within a couple of digits' noise)
 
 
 def min_norm_reference(row: pd.Series) -> dict:
@@ -96,10 +98,10 @@ class AdamVsSgd(Recipe):
             Claim(f"On {name}, the adaptive methods generalise worse than SGD, each at its validation-picked step "
                   f"size", "Wilson et al. 2017, Fig. 1 and Sec. 4",
                   "best adaptive test error - best non-adaptive test error",
-                  float(ada.min() - non.min()) if len(ada) and len(non) else math.nan, above(0.0), picked),
+                  float(ada.min() - non.min()) if len(ada) and len(non) else math.nan, above(GAP), picked),
             Claim(f"On {name}, AdamW's decoupled weight decay generalises better than Adam with L2",
                   "Loshchilov & Hutter 2019, Sec. 2 and Fig. 2", "Adam-L2 test error - AdamW test error",
-                  adam_l2 - adamw, above(0.0), picked),
+                  adam_l2 - adamw, above(GAP), picked),
         ]
 
     def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:

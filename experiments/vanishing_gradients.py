@@ -36,8 +36,11 @@ DECADE = 1.0         # |log10 ratio| within this: the scale is kept over depth
 
 
 def _log10(row, key) -> float:
+    """log10 of a ratio; a gradient that underflowed float32 to 0 is below any threshold (-inf)."""
     v = row.get(key) if row is not None else None
-    return math.log10(v) if v is not None and pd.notna(v) and v > 0 else float("nan")
+    if v is None or pd.isna(v) or v < 0:
+        return float("nan")
+    return math.log10(v) if v > 0 else -math.inf
 
 
 def _numbers(row, *keys) -> dict:

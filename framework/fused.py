@@ -19,7 +19,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import vmap
 
 from framework.data import TensorBatches
 from framework.fused_optim import MemberOptimizer
@@ -275,8 +274,9 @@ class FusedModule(pl.LightningModule):
         return self.net(x)
 
     def _per_member(self, out, y):
-        b = out.shape[0] // self.k
-        return vmap(self.loss_fn)(out.reshape(self.k, b, *out.shape[1:]), y.reshape(self.k, b, *y.shape[1:]))
+        # each member's mean of the unreduced loss: what its lone run's mean-reduced loss computes (torch.func's
+        # vmap over the loss was measured at ~1.5 ms a step, through cross-entropy's Python decomposition)
+        return self.loss_fn(out, y, reduction="none").reshape(self.k, -1).mean(1)
 
     def _correct(self, out, y):
         b = out.shape[0] // self.k
@@ -360,8 +360,8 @@ class FusedModule(pl.LightningModule):
 
     def _log_epoch(self, i: int, sums: list[float]) -> None:
         loss, batches, correct, n = sums
-        if n:
-            metrics = {"train/loss_epoch": loss / batches, "epoch": self.current_epoch}
+        if n:  # every batch NaN: MeanMetric (the lone run's) computes nan, not an error
+            metrics = {"train/loss_epoch": loss / batches if batches else float("nan"), "epoch": self.current_epoch}
             if self.n_classes:
                 metrics["train/acc"] = correct / n
             for logger in self.members[i].loggers:

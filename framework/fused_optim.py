@@ -85,8 +85,36 @@ def sgd_foreach(params, grads, states, h, nesterov=False) -> list[torch.Tensor]:
     return torch._foreach_sub(params, torch._foreach_mul(step, [_b(h["lr"], p) for p in params]))
 
 
+def adam_foreach(params, grads, states, h, decoupled=False) -> list[torch.Tensor]:
+    """_adam over every parameter at once: measured, a fused group of 1-hidden-layer nets spent 1.3 ms a step in
+    the per-parameter loop."""
+    if decoupled:
+        params = torch._foreach_mul(params, [_b(1 - h["lr"] * h["weight_decay"], p) for p in params])
+    elif h["any_decay"]:
+        grads = torch._foreach_add(grads, torch._foreach_mul(params, [_b(h["weight_decay"], p) for p in params]))
+    for s, p in zip(states, params):
+        if "step" not in s:
+            s.update(step=torch.zeros(p.shape[0], device=p.device), exp_avg=torch.zeros_like(p),
+                     exp_avg_sq=torch.zeros_like(p))
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, [h["active"].to(steps[0].dtype)] * len(steps))  # a frozen member's count stays
+    t = steps[0].clamp(min=1)
+    m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+    torch._foreach_mul_(m, [_b(h["beta1"], p) for p in params])
+    torch._foreach_add_(m, torch._foreach_mul(grads, [_b(1 - h["beta1"], p) for p in params]))
+    torch._foreach_mul_(v, [_b(h["beta2"], p) for p in params])
+    torch._foreach_add_(v, torch._foreach_mul(torch._foreach_mul(grads, [_b(1 - h["beta2"], p) for p in params]),
+                                              grads))
+    bias1, bias2_sqrt = 1 - h["beta1"] ** t, (1 - h["beta2"] ** t).sqrt()
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), [_b(bias2_sqrt, p) for p in params]),
+                               [_b(h["eps"], p) for p in params])
+    step = torch._foreach_div(torch._foreach_mul(m, [_b(h["lr"] / bias1, p) for p in params]), denom)
+    return torch._foreach_sub(params, step)
+
+
 FOREACH = {"sgd": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, {**h, "momentum": h["zero"]}),
-           "momentum": sgd_foreach, "nesterov": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, h, True)}
+           "momentum": sgd_foreach, "nesterov": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, h, True),
+           "adam": adam_foreach, "adamw": lambda ps, gs, ss, h: adam_foreach(ps, gs, ss, h, decoupled=True)}
 
 
 FUSED_OPTIMIZERS.register("sgd")((("weight_decay",), lambda p, g, s, h: _sgd(p, g, s, {**h, "momentum": h["zero"]})))

@@ -1,4 +1,6 @@
-"""Loss registry. Each loss takes the model's output and the batch targets (class indices or real values)."""
+"""Loss registry. Each loss takes the model's output and the batch targets (class indices or real values), and
+`reduction` as torch.nn.functional does: "mean" (the default) or "none" (per row, or per element for losses on
+real-valued outputs), from which a fused group takes each member's mean."""
 from __future__ import annotations
 
 from typing import Callable
@@ -25,11 +27,12 @@ def cross_entropy(n_classes: int):
 
 @LOSSES.register("mse")
 def mse(n_classes: int):
-    return lambda out, y: F.mse_loss(out, _targets(out, y))
+    return lambda out, y, reduction="mean": F.mse_loss(out, _targets(out, y), reduction=reduction)
 
 
 @LOSSES.register("bce")
 def bce(n_classes: int):
     if n_classes == 0:
         raise UserError("loss.name=bce needs a classification dataset; use loss.name=mse for regression")
-    return lambda out, y: F.binary_cross_entropy_with_logits(out, _targets(out, y))
+    return lambda out, y, reduction="mean": F.binary_cross_entropy_with_logits(out, _targets(out, y),
+                                                                               reduction=reduction)

@@ -215,3 +215,17 @@ def test_every_model_in_the_registry_fuses(name, depth, shape, tiny):
         # and back: a member's values load into an unfused net of its config
         fresh = build_model(cfg.model, shape, 5)
         fresh.load_state_dict(member_state(fused, k))
+
+
+def test_a_member_whose_every_batch_is_nan_logs_what_its_lone_run_logs(tiny, tmp_path):
+    """One batch per epoch and a step so large the first loss is already inf: the member's epoch has no finite
+    batch. Alone, torchmetrics' mean of it is nan; fused, the same nan (it once divided by zero and failed the
+    whole group: lr_scaling's batch 512 at lr 5.12)."""
+    base = dict(trainer__max_epochs=3, data__n_samples=200, data__batch_size=256, trainer__log_every_n_steps=1)
+    cfgs = [tiny(seed=0, optim__lr=0.05, **base), tiny(seed=1, optim__lr=1e30, **base)]
+    alone, fused = RunStore(tmp_path / "alone"), RunStore(tmp_path / "fused")
+    singles = [train(c, alone) for c in cfgs]
+    together = train_group(cfgs, fused)
+    assert [s["status"] for s in together] == [s["status"] for s in singles] == ["done", "diverged"]
+    for c in cfgs:
+        assert_same_run(alone, fused, "test", config_hash(c))
