@@ -35,12 +35,16 @@ TRAINS = 0.50        # training loss fell by more than this fraction of its star
 DECADE = 1.0         # |log10 ratio| within this: the scale is kept over depth
 
 
+FLOAT32_TINY = 1.4e-45  # the smallest positive float32: a ratio that underflowed to 0 is at most this
+
+
 def _log10(row, key) -> float:
-    """log10 of a ratio; a gradient that underflowed float32 to 0 is below any threshold (-inf)."""
+    """log10 of a ratio; one whose gradient underflowed float32 to 0 counts as the smallest float32 (a bound:
+    the true ratio is at most that), so the mean over seeds stays a number."""
     v = row.get(key) if row is not None else None
     if v is None or pd.isna(v) or v < 0:
         return float("nan")
-    return math.log10(v) if v > 0 else -math.inf
+    return math.log10(max(v, FLOAT32_TINY))
 
 
 def _numbers(row, *keys) -> dict:

@@ -21,6 +21,7 @@ from framework.store import RunStore, atomic_write
 from tests.conftest import ROOT, repro
 
 QUICK = ["tracking.mode=disabled", "trainer.accelerator=cpu"]
+ONE = ["--seeds", "1"]  # these tests are about the cluster, not seeds: one seed per grid point keeps them short
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +52,12 @@ def local_summaries(name, overrides, tmp_path):
     from experiments import RECIPES
     store = RunStore(tmp_path / "local")
     recipe = RECIPES.get(name)()
-    return {r.run_id: train(r.cfg, store) for r in recipe.runs("smoke", overrides)}
+    return {r.run_id: train(r.cfg, store) for r in recipe.runs("smoke", overrides, seeds=1)}
 
 
 def test_submit_array_runs_every_run_like_a_local_run(slurm, tmp_path):
     runs_dir = tmp_path / "runs"
-    r = repro("submit", "double_descent", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    r = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr
     assert "submitted job" in r.stdout and "4 runs in 4 array tasks" in r.stdout and "logs in" in r.stdout
     wait_for_queue("repro-double_descent")
@@ -68,9 +69,9 @@ def test_submit_array_runs_every_run_like_a_local_run(slurm, tmp_path):
         for key in ("train_loss", "test_error", "test_loss", "steps"):
             assert cluster[key] == local[key], (run_id, key)
         assert json.loads((runs_dir / "double_descent" / run_id / "status.json").read_text())["slurm_array_job_id"]
-    st = repro("status", "double_descent", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    st = repro("status", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
     assert "4 runs: done 4, running 0, pending 0, failed 0, diverged 0" in st.stdout
-    again = repro("submit", "double_descent", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    again = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
     assert again.returncode == 0 and "nothing to submit" in again.stdout
     assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1, "the second submit sent nothing"
 
@@ -78,11 +79,11 @@ def test_submit_array_runs_every_run_like_a_local_run(slurm, tmp_path):
 def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
     overrides = [*QUICK, "grid.model.width=[64]", "trainer.max_epochs=1500"]  # ~6000 steps: time to signal
     runs_dir = tmp_path / "runs"
-    r = repro("submit", "double_descent", "--scale", "smoke", *overrides, "--runs-dir", str(runs_dir), env=slurm)
+    r = repro("submit", "double_descent", "--scale", "smoke", *ONE, *overrides, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr
     job = r.stdout.split("submitted job ")[1].split(":")[0]
     from experiments import RECIPES
-    (run_id,) = [run.run_id for run in RECIPES.get("double_descent")().runs("smoke", overrides)]
+    (run_id,) = [run.run_id for run in RECIPES.get("double_descent")().runs("smoke", overrides, seeds=1)]
     metrics = runs_dir / "double_descent" / run_id / "lightning" / "metrics.csv"
     deadline = time.time() + 120
     while not metrics.exists() and time.time() < deadline:  # first written at step 100
@@ -146,7 +147,7 @@ def test_signal_on_the_final_step_lets_the_run_finish(tiny, tmp_path):
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     """Same global batch (each of 2 gloo processes takes half of every batch of 50): the same training.
     Tolerance: |train loss difference| <= 1e-4 and equal test error (float sums in another order)."""
-    args = ["run", "double_descent", "--scale", "smoke", "grid.model.width=[32]", *QUICK, "--runs-dir",
+    args = ["run", "double_descent", "--scale", "smoke", *ONE, "grid.model.width=[32]", *QUICK, "--runs-dir",
             str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
     single = repro(*args)
     ddp = repro(*args, "trainer.strategy=ddp", "trainer.devices=2")
@@ -223,7 +224,7 @@ def test_submit_from_a_folder_with_spaces_and_shell_syntax(slurm, tmp_path):
     `$(...)` in a folder name never runs."""
     where = tmp_path / "my runs $(touch pwned) 'q'"
     where.mkdir()
-    r = repro("submit", "double_descent", "--scale", "smoke", *QUICK, "grid.model.width=[4]", "--runs-dir",
+    r = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "grid.model.width=[4]", "--runs-dir",
               str(where / "runs"), env=slurm, cwd=where)
     assert r.returncode == 0, r.stderr
     wait_for_queue("repro-double_descent")
@@ -237,9 +238,9 @@ def test_submit_from_a_folder_with_spaces_and_shell_syntax(slurm, tmp_path):
 def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_path):
     runs_dir = tmp_path / "runs"
     slow = [*QUICK, "trainer.max_epochs=300"]  # long enough to be still queued or running at the second submit
-    first = repro("submit", "double_descent", "--scale", "smoke", *slow, "--runs-dir", str(runs_dir), env=slurm)
+    first = repro("submit", "double_descent", "--scale", "smoke", *ONE, *slow, "--runs-dir", str(runs_dir), env=slurm)
     assert first.returncode == 0 and "4 runs in 4 array tasks" in first.stdout, first.stderr
-    second = repro("submit", "double_descent", "--scale", "smoke", *slow, "--runs-dir", str(runs_dir), env=slurm)
+    second = repro("submit", "double_descent", "--scale", "smoke", *ONE, *slow, "--runs-dir", str(runs_dir), env=slurm)
     assert second.returncode == 0, second.stderr
     assert "nothing to submit" in second.stdout and "pending or running" in second.stdout, second.stdout
     assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1
@@ -256,7 +257,7 @@ def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
     from experiments import RECIPES
     from framework.recipe import run_suite
     runs_dir = tmp_path / "runs"
-    r = repro("submit", "lr_scaling", "--scale", "smoke", *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    r = repro("submit", "lr_scaling", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr
     n_runs, n_tasks = map(int, re.search(r"(\d+) runs in (\d+) array tasks", r.stdout).groups())
     assert n_tasks < n_runs
@@ -264,7 +265,7 @@ def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
     assert manifest["fuse"] == "auto" and max(len(t) for t in manifest["tasks"]) > 1
     wait_for_queue("repro-lr_scaling")
     local = RunStore(tmp_path / "local")
-    run_suite(RECIPES.get("lr_scaling")(), "smoke", QUICK, local, tmp_path / "reports")
+    run_suite(RECIPES.get("lr_scaling")(), "smoke", QUICK, local, tmp_path / "reports", seeds=1)
     store = RunStore(runs_dir)
     grouped = 0
     for run_id in local.run_ids("lr_scaling"):

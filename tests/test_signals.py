@@ -16,7 +16,8 @@ import pytest
 from framework.store import RunStore
 from tests.conftest import ROOT, repro
 
-SUITE = ["double_descent", "--scale", "smoke", "grid.model.width=[4,8]", "tracking.mode=disabled"]
+SUITE = ["double_descent", "--scale", "smoke", "grid.model.width=[4,8]", "tracking.mode=disabled", "--seeds", "1"]
+OVERRIDES = SUITE[3:-2]  # the signals are the subject here, not seeds: one seed per grid point
 
 
 def repro_patched(patch: str, *args, tmp_path, timeout=600):
@@ -31,7 +32,7 @@ def statuses(tmp_path, *extra):
     from experiments import RECIPES
     experiment = "double_descent"
     store = RunStore(tmp_path / "runs")
-    runs = RECIPES.get(experiment)().runs("smoke", [*SUITE[3:], *extra])
+    runs = RECIPES.get(experiment)().runs("smoke", [*OVERRIDES, *extra], seeds=1)
     return [store.status_record(experiment, r.run_id) for r in runs], store, runs
 
 
@@ -131,7 +132,7 @@ def test_usr1_between_packed_runs_of_an_array_task(tmp_path):
     """The worker (an array task's pack of runs) owns the signal between runs too."""
     from experiments import RECIPES
     from framework.config import to_dict
-    runs = RECIPES.get("double_descent")().runs("smoke", SUITE[3:])
+    runs = RECIPES.get("double_descent")().runs("smoke", OVERRIDES, seeds=1)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"experiment": "double_descent", "scale": "smoke",
                                     "runs_dir": str(tmp_path / "runs"), "tasks": [[to_dict(r.cfg) for r in runs]]}))
@@ -157,11 +158,12 @@ def test_term_and_ctrl_c_in_fit_checkpoint_and_exit_non_zero(sig, reason, tmp_pa
     """Sent from outside, as SLURM (scancel, the time limit) or a terminal would."""
     args = ["double_descent", "--scale", "smoke", "grid.model.width=[64]", "trainer.max_epochs=1500",
             "tracking.mode=disabled", "trainer.log_every_n_steps=5"]
-    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", *args, "--runs-dir", str(tmp_path / "runs"),
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", *args, "--seeds", "1", "--runs-dir",
+                             str(tmp_path / "runs"),
                              "--reports-dir", str(tmp_path / "reports")], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     from experiments import RECIPES
-    (run,) = RECIPES.get("double_descent")().runs("smoke", args[3:])
+    (run,) = RECIPES.get("double_descent")().runs("smoke", args[3:], seeds=1)
     store = RunStore(tmp_path / "runs")
     metrics = store.lightning_dir("double_descent", run.run_id) / "metrics.csv"
     deadline = time.time() + 120

@@ -31,7 +31,8 @@ def test_smoke_suite_writes_verdict_and_figures(tmp_path):
     vanish = verdict["claims"][0]
     for seed in ("0", "1"):
         ratio = vanish["measured"][seed]["backprop_ratio_at_init"]
-        assert vanish["per_seed"][seed] == pytest.approx(math.log10(ratio)) and ratio < 1e-2
+        # a first-layer gradient that underflowed float32 counts as the smallest float32
+        assert vanish["per_seed"][seed] == pytest.approx(math.log10(max(ratio, 1.4e-45))) and ratio < 1e-2
     assert vanish["verdict"] == "reproduced"
     runs = sum(verdict["runs"].values())
     assert runs == 12  # (sigmoid: 2 plain; 50 plain, residual, batch norm; relu 30: xavier, he) x 2 seeds
