@@ -59,8 +59,8 @@ def test_report_writes_frames_and_versions(reports):
     out = reports / "reports" / "double_descent" / "smoke"
     summary = pd.read_csv(out / "summary.csv")
     history = pd.read_csv(out / "history.csv")
-    assert len(summary) == 4 and {"run_id", "model.width", "cfg.model.width", "train_error", "test_error"} <= set(
-        summary.columns)
+    assert len(summary) == 8 and {"run_id", "model.width", "seed", "cfg.model.width", "train_error",
+                                  "test_error"} <= set(summary.columns)  # 4 widths x 2 seeds
     assert set(history["run_id"]) == set(summary["run_id"]) and "train/loss" in history
     verdict = json.loads((out / "verdict.json").read_text())
     assert {"torch", "lightning", "wandb"} <= set(verdict["versions"])
@@ -75,7 +75,7 @@ def test_wandb_offline_files_give_the_same_frames_as_the_run_store(tmp_path, mon
     run_suite(recipe, "smoke", overrides, store, tmp_path / "reports")
     local_summary, local_history = local_frames(recipe, "smoke", store, overrides)
     wb_summary, wb_history = wandb_frames(recipe, "smoke", store, overrides)
-    assert len(wb_summary) == len(local_summary) == 2
+    assert len(wb_summary) == len(local_summary) == 4  # 2 widths x 2 seeds
     keys = ["run_id", "variant", "model.width", "cfg.model.width", "cfg.data.label_noise", "cfg.optim.lr",
             "train_loss", "train_error", "test_error", "test_loss", "steps", "status"]
     pd.testing.assert_frame_equal(wb_summary[keys].sort_values("run_id").reset_index(drop=True),
@@ -97,8 +97,8 @@ def test_figure_is_drawn_from_the_data(reports, tmp_path):
         recipe.figures(frame, store, outdir)
         data = json.loads((outdir / "double_descent.data.json").read_text())
         return {line["label"]: line["y"] for line in data[0]["lines"] if line["label"] in ("train", "test")}
-    before = plotted(summary, tmp_path / "a")
-    assert before["test"] == pytest.approx(summary.sort_values("model.width")["test_error"].tolist())
+    before = plotted(summary, tmp_path / "a")  # the seeds' mean per width (and their band)
+    assert before["test"] == pytest.approx(summary.groupby("model.width")["test_error"].mean().tolist())
     changed = summary.copy()
     changed.loc[changed["model.width"] == changed["model.width"].max(), "test_error"] = 0.777
     after = plotted(changed, tmp_path / "b")

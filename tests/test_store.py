@@ -32,8 +32,10 @@ def test_two_concurrent_suites_train_each_run_once(tmp_path):
     import subprocess
     import sys
     from tests.conftest import ROOT
-    args = [sys.executable, "-m", "framework.cli", "run", "vanishing_gradients", "--scale", "smoke",
-            "tracking.mode=disabled", "--runs-dir", str(tmp_path / "shared"), "--reports-dir"]
+    # one seed, one run at a time: the store's locks are the subject (a process that finds half a fused group
+    # locked trains the rest as another group, whose float32 rounding differs from a single process's group)
+    args = [sys.executable, "-m", "framework.cli", "run", "vanishing_gradients", "--scale", "smoke", "--seeds", "1",
+            "--fuse", "off", "tracking.mode=disabled", "--runs-dir", str(tmp_path / "shared"), "--reports-dir"]
     env = {**os.environ, "WANDB_MODE": "offline"}
     procs = [subprocess.Popen([*args, str(tmp_path / f"reports{i}")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -41,12 +43,13 @@ def test_two_concurrent_suites_train_each_run_once(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
         assert "Traceback" not in err
-    single = repro("run", "vanishing_gradients", "--scale", "smoke", "tracking.mode=disabled", "--runs-dir",
+    single = repro("run", "vanishing_gradients", "--scale", "smoke", "--seeds", "1", "--fuse", "off",
+                   "tracking.mode=disabled", "--runs-dir",
                    str(tmp_path / "single"), "--reports-dir", str(tmp_path / "reports-single"))
     assert single.returncode == 0, single.stderr[-2000:]
     shared, alone = RunStore(tmp_path / "shared"), RunStore(tmp_path / "single")
     run_ids = alone.run_ids("vanishing_gradients")
-    assert len(run_ids) == 16 and shared.run_ids("vanishing_gradients") == run_ids
+    assert len(run_ids) == 6 and shared.run_ids("vanishing_gradients") == run_ids
     trainers = set()
     for run_id in run_ids:
         status = shared.status_record("vanishing_gradients", run_id)
@@ -213,7 +216,7 @@ def test_force_and_retry_never_merge_an_earlier_attempts_rows(tiny, store, monke
     ("metrics.csv", 'step,train/loss\n"3,0.5\n', "report")])
 def test_a_damaged_store_file_is_named(name, damage, command, tmp_path):
     runs = tmp_path / "runs"
-    args = ["double_descent", "--scale", "smoke", "grid.model.width=[4]", "tracking.mode=disabled",
+    args = ["double_descent", "--scale", "smoke", "--seeds", "1", "grid.model.width=[4]", "tracking.mode=disabled",
             "--runs-dir", str(runs), "--reports-dir", str(tmp_path / "reports")]
     assert repro("run", *args).returncode == 0
     (run_dir,) = (runs / "double_descent").glob("[0-9a-f]*")

@@ -43,6 +43,7 @@ def test_smoke_suite_writes_verdict_and_figures(tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
 
 
+@pytest.mark.slow  # 60 s; the edited-data tests in test_recipes.py move every claim's verdict both ways in CI
 def test_verdict_flips_when_the_deepest_net_is_shallow(tmp_path):
     """With depths {2, 3} the 'deep' plain net is 3 layers deep: its gradient does not vanish, and the
     verdict must say so from the measured ratio."""
