@@ -70,7 +70,7 @@ class DoubleDescent(Recipe):
         noise = float(runs["cfg.data.label_noise"].iloc[0])
         curve_numbers = {f"test_error@{w}": round(e, 4) for w, e in zip(c["model.width"], c["test_error"])} | \
             {f"train_error@{w}": round(e, 4) for w, e in zip(c["model.width"], c["train_error"])}
-        shown = {k: v for k, v in m.items()} | curve_numbers
+        shown = m | curve_numbers
         best_under = m.get("best_underparameterised", math.nan)
         return [
             Claim(f"Test error rises again to a peak near the interpolation threshold after a first descent "

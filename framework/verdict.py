@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 LEVEL = 0.95
 
 
