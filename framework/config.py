@@ -29,7 +29,12 @@ class DataConfig:
     n_features: int = 16            # gaussian only
     n_classes: int = 4              # gaussian only
     class_sep: float = 2.0          # gaussian: distance scale between class means
-    noise: float = 0.1              # regression: std of the target noise
+    noise: float = 0.1              # regression, quadratic, location: std of the target noise
+    condition: float = 100.0        # quadratic: lambda_max / lambda_min of the loss's Hessian (lambda_max = 1)
+    feature_scale: float = 1.0      # >1: feature j of d multiplied by feature_scale ** (j / (d - 1)), before any
+                                    # standardisation (badly scaled inputs, LeCun et al. 1998 Sec. 4.3)
+    standardise: bool = True        # false: inputs as they are (true: each feature centred and scaled by the
+                                    # training split's statistics; synthetic problems with a prescribed spectrum never)
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     n_train: int = 0                # >0: keep only this many training samples
@@ -108,6 +113,15 @@ class DiagnosticsConfig:
     enabled: bool = True
     every_n_steps: int = 10         # per-layer norms are scalars at an interval, never per-step histograms
     saturation_threshold: float = 0.05  # a unit is saturated when its activation's derivative is below this share of its maximum
+    # Probes (framework/probes.py), every probe_every steps on a fixed probe set of training samples, in eval mode:
+    # the full probe-set loss (probe/loss), and when asked the gradient noise scale and the top Hessian eigenvalue.
+    probe_every: int = 0            # 0: no probes
+    probe_samples: int = 1024       # the first this many training samples (0: all of them)
+    noise_scale: bool = False       # B_simple = tr(Sigma) / |G|^2 from per-example gradients (McCandlish et al. 2018)
+    sharpness: bool = False         # top Hessian eigenvalue by power iteration on Hessian-vector products
+    power_iters: int = 20           # power iterations per sharpness probe (warm-started from the last vector)
+    target_loss: float = 0.0        # >0: summary's steps_to_target, the first step the probe loss (else the
+                                    # minibatch loss, mean of 5 logged values) is at or below this
 
 
 @dataclass
@@ -329,6 +343,14 @@ def validate(cfg: RunConfig) -> None:
          f"must be divisible by the {world} DDP processes (trainer.devices x trainer.num_nodes): each takes an "
          f"equal share of every batch"),
         ("diagnostics.every_n_steps", cfg.diagnostics.every_n_steps >= 1, "must be >= 1"),
+        ("diagnostics.probe_every", cfg.diagnostics.probe_every >= 0, "must be >= 0 (0: no probes)"),
+        ("diagnostics.probe_samples", cfg.diagnostics.probe_samples >= 0, "must be >= 0 (0: every training sample)"),
+        ("diagnostics.power_iters", cfg.diagnostics.power_iters >= 1, "must be >= 1"),
+        ("diagnostics.target_loss", cfg.diagnostics.target_loss >= 0, "must be >= 0 (0: off)"),
+        ("diagnostics.probe_every", cfg.diagnostics.probe_every > 0 or not (cfg.diagnostics.noise_scale or
+                                    cfg.diagnostics.sharpness), "must be > 0 for noise_scale or sharpness probes"),
+        ("data.condition", d.condition >= 1.0, "must be >= 1"),
+        ("data.feature_scale", d.feature_scale >= 1.0, "must be >= 1 (1: features as they are)"),
     ]
     for key, ok, why in checks:
         if not ok:

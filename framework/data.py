@@ -80,6 +80,39 @@ def gaussian(cfg, rng) -> Dataset:
     return Dataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), cfg.n_classes)
 
 
+@DATASETS.register("quadratic")
+def quadratic(cfg, rng) -> Dataset:
+    """Least squares with a prescribed Hessian: n_samples rows of n_features, built so that X^T X / n is exactly
+    R diag(lambda) R^T, lambda log-spaced from 1 down to 1 / condition, R a random rotation. Under loss.name=squared
+    (1/2 (x.w - y)^2) the training loss is 1/2 (w - w*)^T H (w - w*) + const with that H, when every pool sample
+    trains (data.val_fraction: 0; the test split is its own draw). y = x.w* + noise, w* ~ N(0, I / d)."""
+    n, d = cfg.n_samples, cfg.n_features
+    if n < d:
+        raise UserError(f"data.n_samples: the quadratic needs at least n_features ({d}) samples, got {n}")
+    lam = np.logspace(0, -np.log10(cfg.condition), d) if d > 1 else np.ones(1)
+    rotation = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    w_star = rng.standard_normal(d) / np.sqrt(d)
+
+    def draw():
+        q = np.linalg.qr(rng.standard_normal((n, d)))[0]  # orthonormal columns: q^T q = I exactly
+        x = np.sqrt(n) * (q * np.sqrt(lam)) @ rotation.T
+        return x, x @ w_star + cfg.noise * rng.standard_normal(n)
+    (x, y), (xt, yt) = draw(), draw()
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    return Dataset(t(x), t(y[:, None]), 0, standardise=False, x_test=t(xt), y_test=t(yt[:, None]))
+
+
+@DATASETS.register("location")
+def location(cfg, rng) -> Dataset:
+    """The lecture notes' one-parameter model: x = 1 and y ~ N(0, noise^2), so a bias-free linear model under
+    loss.name=squared minimises 1/2 (beta - y)^2 and its minimum is the training targets' mean."""
+    def draw():
+        return torch.ones(cfg.n_samples, 1), torch.tensor(cfg.noise * rng.standard_normal((cfg.n_samples, 1)),
+                                                           dtype=torch.float32)
+    (x, y), (xt, yt) = draw(), draw()
+    return Dataset(x, y, 0, standardise=False, x_test=xt, y_test=yt)
+
+
 @lru_cache(maxsize=1)
 def _digits():
     from sklearn.datasets import load_digits
@@ -134,7 +167,7 @@ def input_shape(cfg) -> tuple[tuple[int, ...], int]:
     if cfg.name in SOURCES:
         return SOURCES[cfg.name].shape, SOURCES[cfg.name].n_classes
     shapes = {"digits": ((64,), 10), "gaussian": ((cfg.n_features,), cfg.n_classes), "regression1d": ((1,), 1),
-              "wilson": ((3 + 5 * cfg.n_samples,), 1)}
+              "wilson": ((3 + 5 * cfg.n_samples,), 1), "quadratic": ((cfg.n_features,), 1), "location": ((1,), 1)}
     return shapes[cfg.name]
 
 
@@ -161,6 +194,13 @@ def gaussian_pixels(x, rng):
     """Gaussian noise with the dataset's mean and variance in place of the images."""
     noise = rng.standard_normal(size=tuple(x.shape)).astype(np.float32)
     return torch.from_numpy(noise) * x.std() + x.mean()
+
+
+def scale_features(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Feature j of d (pixels in order, for images) multiplied by scale ** (j / (d - 1)): from x1 to x`scale`."""
+    flat = x.flatten(1)
+    factors = scale ** torch.linspace(0, 1, flat.shape[1]) if flat.shape[1] > 1 else torch.ones(1)
+    return (flat * factors).reshape(x.shape)
 
 
 def corrupt_labels(y: torch.Tensor, fraction: float, n_classes: int, rng) -> torch.Tensor:
@@ -193,12 +233,14 @@ def build_splits(cfg) -> Splits:
     val, train = order[:n_val], order[n_val:]
     if cfg.n_train > 0:
         train = train[:cfg.n_train]
+    if cfg.feature_scale != 1.0:
+        x = scale_features(x, cfg.feature_scale)
     x_train, y_train = x[train], y[train]
     if cfg.label_noise > 0:
         if not ds.n_classes:
             raise UserError(f"data.label_noise needs a classification dataset; {cfg.name} has real-valued targets")
         y_train = corrupt_labels(y_train, cfg.label_noise, ds.n_classes, np.random.default_rng([cfg.split_seed, 3]))
-    if ds.standardise:
+    if ds.standardise and cfg.standardise:
         # Statistics of the training split: per channel for images, per feature otherwise; constant features
         # (digits' always-blank border) are left unscaled.
         dims = (0, 2, 3) if ds.image else (0,)

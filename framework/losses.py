@@ -36,3 +36,13 @@ def bce(n_classes: int):
         raise UserError("loss.name=bce needs a classification dataset; use loss.name=mse for regression")
     return lambda out, y, reduction="mean": F.binary_cross_entropy_with_logits(out, _targets(out, y),
                                                                                reduction=reduction)
+
+
+@LOSSES.register("squared")
+def squared(n_classes: int):
+    """1/2 ||out - y||^2 per sample, the textbook's and the lecture notes' squared error: its Hessian in a linear
+    model's weights is X^T X / n, with no factor 2 (mse averages over outputs and has one)."""
+    def loss(out, y, reduction="mean"):
+        per_row = 0.5 * (out - _targets(out, y)).pow(2).sum(1)
+        return per_row.mean() if reduction == "mean" else per_row
+    return loss

@@ -23,6 +23,7 @@ from framework.data import TensorDataModule, build_splits
 from framework.diagnostics import Diagnostics
 from framework.module import build_module
 from framework.optim import effective_lr
+from framework.probes import Probes
 from framework.preemption import SIGNALS, Preempted, Preemption, Stop
 from framework.registry import UserError
 from framework.fused import fused_steps
@@ -88,6 +89,25 @@ def fit_step(metrics: pd.DataFrame, threshold: float) -> int | None:
         return None
     hits = metrics.loc[metrics["train/acc"] >= threshold, "step"]
     return int(hits.iloc[0]) + 1 if len(hits) else None
+
+
+SMOOTHING = 5  # logged minibatch losses averaged for steps_to_target when no probe loss is logged
+
+
+def steps_to_target(metrics: pd.DataFrame, target: float) -> int | None:
+    """The first step whose loss is at or below `target` (Shallue et al. 2019's and McCandlish et al. 2018's
+    steps-to-result): the probe-set loss (probe/loss, measured before that step's update) when the run logs it,
+    else the mean of the last SMOOTHING logged minibatch losses. None: never reached, or off (target 0)."""
+    if target <= 0 or metrics.empty:
+        return None
+    if "probe/loss" in metrics:
+        series = metrics.dropna(subset=["probe/loss"]).set_index("step")["probe/loss"]
+    elif "train/loss" in metrics:
+        series = metrics.dropna(subset=["train/loss"]).set_index("step")["train/loss"].rolling(SMOOTHING).mean()
+    else:
+        return None
+    hits = series[series <= target]
+    return int(hits.index[0]) if len(hits) else None
 
 
 def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
@@ -313,6 +333,8 @@ def _callbacks(members: list[Member], checkpoint: Path, extra, progress, task) -
         callbacks.append(EarlyStopping(monitor="train/acc", mode="max", patience=10**9, check_finite=False,
                                        stopping_threshold=cfg.trainer.stop_at_train_acc - 1e-6,  # its test is strict
                                        check_on_train_epoch_end=True))
+    if cfg.diagnostics.probe_every > 0:
+        callbacks.append(Probes(cfg.diagnostics, [(m.module, m.splits, m.loggers) for m in members]))
     if task is not None:
         callbacks.append(StepProgress(progress, task))
     return callbacks
@@ -427,6 +449,7 @@ def _persist(m: Member, store: RunStore, lead: bool, device, initial: dict, step
         "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
         "n_train": len(splits.x_train), "n_test": len(splits.x_test), "wall_s": round(time.time() - started, 3),
         "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
+        "steps_to_target": steps_to_target(metrics, cfg.diagnostics.target_loss),
         **diagnostics_summary(diag),
     }
     if not m.writes(lead):

@@ -1,0 +1,76 @@
+"""Probes every diagnostics.probe_every steps, measured before that step's update on a fixed probe set (the
+first diagnostics.probe_samples training samples) with the net in eval mode (batch norm's running statistics,
+no dropout): the probe-set loss, and when asked the gradient noise scale B_simple (framework/gradstats.py) and
+the top Hessian eigenvalue (framework/curvature.py).
+
+Each probe is a scalar per member, logged to the member's loggers (metrics.csv and W&B) as probe/loss,
+probe/noise_scale, probe/grad_sq, probe/trace_cov and probe/sharpness. A fused group (framework/fused.py) is
+probed member by member: each member's weights are copied into its own net, which is probed as an unfused run's
+would be. Probes draw from their own generator, never from the training's random streams, so turning them on
+changes no trained number.
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from framework.curvature import top_eigenvalue
+from framework.gradstats import gradient_moments
+
+
+class Probes(pl.Callback):
+    def __init__(self, cfg, members: list):
+        """cfg: DiagnosticsConfig; members: (the member's ReproModule, its splits, its loggers) in fit order."""
+        self.cfg, self.members = cfg, members
+        self._vectors: dict[int, list] = {}
+        # one generator per member, each seeded as a lone run's: a member draws what its unfused run draws
+        self._generators = [torch.Generator().manual_seed(0) for _ in members]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.cfg.probe_every:
+            return
+        fused = len(self.members) > 1
+        active = pl_module.active if fused else [0]
+        for i in active:
+            module, splits, loggers = self.members[i]
+            if fused:
+                from framework.fused import member_state
+                module.net.load_state_dict(member_state(pl_module.net, i))
+            metrics = self.measure(i, module, splits, pl_module.device)
+            for logger in loggers:
+                logger.log_metrics(metrics, step=step)
+
+    # the warm-start vectors and the generator travel in checkpoints: a resumed run probes as an uninterrupted one
+    def state_dict(self):
+        return {"vectors": {str(k): [t.cpu() for t in v] for k, v in self._vectors.items()},
+                "generators": [g.get_state() for g in self._generators]}
+
+    def load_state_dict(self, state):
+        self._vectors = {int(k): v for k, v in state.get("vectors", {}).items()}
+        for g, saved in zip(self._generators, state.get("generators", [])):
+            g.set_state(saved)
+
+    def measure(self, i: int, module, splits, device) -> dict[str, float]:
+        n = self.cfg.probe_samples or len(splits.x_train)
+        x, y = splits.x_train[:n].to(device), splits.y_train[:n].to(device)
+        net, loss_fn = module.net.to(device), module.loss_fn
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                out = {"probe/loss": float(loss_fn(net(x), y))}
+            if self.cfg.noise_scale:
+                m = gradient_moments(net, loss_fn, x, y)
+                out.update({"probe/noise_scale": m["noise_scale"], "probe/grad_sq": m["grad_sq_unbiased"],
+                            "probe/trace_cov": m["trace_cov"]})
+            if self.cfg.sharpness:
+                start = self._vectors.get(i)
+                start = None if start is None else [t.to(device) for t in start]
+                value, self._vectors[i] = top_eigenvalue(net, loss_fn, x, y, self.cfg.power_iters, start,
+                                                         self._generators[i])
+                out["probe/sharpness"] = value
+        finally:
+            net.train(was_training)
+            net.zero_grad(set_to_none=True)
+        return out

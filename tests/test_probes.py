@@ -1,0 +1,120 @@
+"""The SGD lessons' measuring instruments: per-example gradients, the noise scale, Hessian eigenvalues, the
+quadratic with a prescribed spectrum, steps-to-target, and the probes inside real (fused and unfused) runs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from framework.config import DataConfig, ModelConfig, RunConfig, apply
+from framework.curvature import full_hessian, top_eigenvalue
+from framework.data import build_splits
+from framework.gradstats import gradient_moments, minibatch_variance, per_example_grads
+from framework.losses import LOSSES
+from framework.models import build_model
+from framework.runner import steps_to_target, train, train_group
+from framework.store import RunStore
+
+
+def tiny_net(seed=0, activation="tanh"):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(depth=2, width=5, activation=activation), (4,), 3)
+
+
+def test_per_example_gradients_equal_one_backward_per_sample():
+    net, loss_fn = tiny_net(), LOSSES.get("cross_entropy")(3)
+    x, y = torch.randn(7, 4), torch.randint(0, 3, (7,))
+    grads = per_example_grads(net, loss_fn, x, y)
+    for i in range(7):
+        net.zero_grad()
+        loss_fn(net(x[i:i + 1]), y[i:i + 1]).backward()
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(grads[name][i], p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_noise_scale_is_trace_of_covariance_over_squared_mean_gradient():
+    net, loss_fn = tiny_net(1), LOSSES.get("cross_entropy")(3)
+    x, y = torch.randn(50, 4), torch.randint(0, 3, (50,))
+    m = gradient_moments(net, loss_fn, x, y, chunk=16)  # chunks smaller than n: the sums must add up
+    g = torch.cat([v.reshape(50, -1) for v in per_example_grads(net, loss_fn, x, y).values()], 1).double()
+    trace = float(g.var(0, unbiased=True).sum())
+    g2 = float(g.mean(0).pow(2).sum()) - trace / 50
+    assert m["trace_cov"] == pytest.approx(trace, rel=1e-6)
+    assert m["noise_scale"] == pytest.approx(trace / g2, rel=1e-6)
+
+
+def test_minibatch_gradient_variance_falls_like_one_over_batch():
+    net, loss_fn = tiny_net(2), LOSSES.get("cross_entropy")(3)
+    x, y = torch.randn(2000, 4), torch.randint(0, 3, (2000,))
+    gen = torch.Generator().manual_seed(0)
+    v = {b: minibatch_variance(net, loss_fn, x, y, b, 200, gen) for b in (4, 64)}
+    trace = gradient_moments(net, loss_fn, x, y)["trace_cov"]
+    for b in (4, 64):  # E|g_B - G|^2 = tr(Sigma) / B (1 - (B - 1) / (n - 1)), sampling without replacement
+        assert v[b] == pytest.approx(trace / b * (1 - (b - 1) / 1999), rel=0.25)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_power_iteration_finds_the_largest_eigenvalue_of_the_full_hessian(activation):
+    net, loss_fn = tiny_net(3, activation), LOSSES.get("cross_entropy")(3)
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    eigs = torch.linalg.eigvalsh(full_hessian(net, loss_fn, x, y).double())
+    top = eigs[eigs.abs().argmax()]
+    value, _ = top_eigenvalue(net, loss_fn, x, y, iters=500, tol=1e-7, generator=torch.Generator().manual_seed(0))
+    assert value == pytest.approx(float(top), rel=1e-3)
+
+
+def test_quadratic_has_the_prescribed_hessian_spectrum():
+    cfg = DataConfig(name="quadratic", n_samples=200, n_features=10, condition=1000.0, val_fraction=0.0, noise=0.0)
+    s = build_splits(cfg)
+    assert len(s.x_train) == 200
+    net = build_model(ModelConfig(name="linear"), (10,), 1)
+    eigs = torch.linalg.eigvalsh(full_hessian(net, LOSSES.get("squared")(0), s.x_train, s.y_train).double())
+    np.testing.assert_allclose(eigs.numpy(), np.logspace(-3, 0, 10), rtol=1e-4)
+
+
+def test_feature_scaling_spreads_the_features_and_standardising_undoes_it():
+    plain = build_splits(DataConfig(name="digits", standardise=False))
+    scaled = build_splits(DataConfig(name="digits", standardise=False, feature_scale=1000.0))
+    ratio = scaled.x_train / plain.x_train.where(plain.x_train != 0, torch.tensor(1.0))
+    assert float(ratio[:, -1].max()) == pytest.approx(1000.0, rel=1e-4)
+    torch.testing.assert_close(build_splits(DataConfig(name="digits", feature_scale=1000.0)).x_train,
+                               build_splits(DataConfig(name="digits")).x_train, rtol=1e-4, atol=1e-4)
+
+
+def test_steps_to_target_takes_the_first_step_at_or_below_the_target():
+    probe = pd.DataFrame({"step": [0, 10, 20, 30], "probe/loss": [1.0, 0.5, 0.2, 0.1]})
+    assert steps_to_target(probe, 0.2) == 20
+    assert steps_to_target(probe, 0.05) is None
+    mini = pd.DataFrame({"step": np.arange(4, 100, 5), "train/loss": np.r_[np.ones(10), np.zeros(10)]})
+    assert steps_to_target(mini, 0.5) == 64  # the last five logged losses (1, 1, 0, 0, 0) average 0.4 at step 64
+
+
+def probed(lr, seed=0, **extra):
+    return apply(RunConfig(), {"experiment": "probes", "seed": seed, "data.name": "digits", "data.n_train": 256,
+                               "data.batch_size": 32, "model.width": 16, "optim.name": "sgd", "optim.lr": lr,
+                               "trainer.max_epochs": 3, "trainer.accelerator": "cpu", "trainer.log_every_n_steps": 4,
+                               "diagnostics.probe_every": 8, "diagnostics.probe_samples": 128,
+                               "diagnostics.noise_scale": True, "diagnostics.sharpness": True,
+                               "diagnostics.target_loss": 2.28, "tracking.mode": "disabled", **extra})
+
+
+def test_probes_in_a_run_and_in_a_fused_group_agree_and_change_no_trained_number(tmp_path):
+    store = RunStore(tmp_path)
+    alone = [train(probed(lr, seed), store) for lr, seed in ((0.05, 0), (0.1, 1))]
+    unprobed = train(probed(0.05, 0, **{"diagnostics.probe_every": 0, "diagnostics.noise_scale": False,
+                                        "diagnostics.sharpness": False}), store)
+    assert unprobed["train_loss"] == alone[0]["train_loss"]  # the probes consume no training randomness
+    fused_store = RunStore(tmp_path / "fused")
+    fused = train_group([probed(0.05, 0), probed(0.1, 1)], fused_store)
+    for a, f in zip(alone, fused):
+        assert a["run_id"] == f["run_id"]
+        assert a["steps_to_target"] is not None and a["steps_to_target"] == f["steps_to_target"]
+        ma, mf = (s.read_frame("probes", a["run_id"], "metrics.csv") for s in (store, fused_store))
+        cols = ["probe/loss", "probe/noise_scale", "probe/sharpness"]
+        pa, pf = ma.dropna(subset=cols)[["step", *cols]], mf.dropna(subset=cols)[["step", *cols]]
+        assert list(pa["step"]) == list(range(0, 24, 8))
+        np.testing.assert_allclose(pa.to_numpy(), pf.to_numpy(), rtol=2e-3)
+        assert (pa["probe/noise_scale"] > 0).all() and (pa["probe/sharpness"] > 0).all()
