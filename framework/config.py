@@ -120,6 +120,8 @@ class DiagnosticsConfig:
     noise_scale: bool = False       # B_simple = tr(Sigma) / |G|^2 from per-example gradients (McCandlish et al. 2018)
     sharpness: bool = False         # top Hessian eigenvalue by power iteration on Hessian-vector products
     power_iters: int = 20           # power iterations per sharpness probe (warm-started from the last vector)
+    variance_batches: list[int] = field(default_factory=list)  # batch sizes B at which E|g_B - G|^2 is measured
+                                    # directly (VARIANCE_DRAWS minibatches each, G the probe set's full gradient)
     target_loss: float = 0.0        # >0: summary's steps_to_target, the first step the probe loss (else the
                                     # minibatch loss, mean of 5 logged values) is at or below this
 
@@ -347,6 +349,8 @@ def validate(cfg: RunConfig) -> None:
         ("diagnostics.probe_samples", cfg.diagnostics.probe_samples >= 0, "must be >= 0 (0: every training sample)"),
         ("diagnostics.power_iters", cfg.diagnostics.power_iters >= 1, "must be >= 1"),
         ("diagnostics.target_loss", cfg.diagnostics.target_loss >= 0, "must be >= 0 (0: off)"),
+        ("diagnostics.variance_batches", all(b >= 1 for b in cfg.diagnostics.variance_batches),
+         "must be batch sizes >= 1"),
         ("diagnostics.probe_every", cfg.diagnostics.probe_every > 0 or not (cfg.diagnostics.noise_scale or
                                     cfg.diagnostics.sharpness), "must be > 0 for noise_scale or sharpness probes"),
         ("data.condition", d.condition >= 1.0, "must be >= 1"),

@@ -1,10 +1,11 @@
 """Probes every diagnostics.probe_every steps, measured before that step's update on a fixed probe set (the
 first diagnostics.probe_samples training samples) with the net in eval mode (batch norm's running statistics,
 no dropout): the probe-set loss, and when asked the gradient noise scale B_simple (framework/gradstats.py) and
-the top Hessian eigenvalue (framework/curvature.py).
+the top Hessian eigenvalue (framework/curvature.py), and the minibatch gradient's variance E|g_B - G|^2 at the
+batch sizes diagnostics.variance_batches.
 
 Each probe is a scalar per member, logged to the member's loggers (metrics.csv and W&B) as probe/loss,
-probe/noise_scale, probe/grad_sq, probe/trace_cov and probe/sharpness. A fused group (framework/fused.py) is
+probe/noise_scale, probe/grad_sq, probe/trace_cov, probe/sharpness and probe/minibatch_var@B. A fused group (framework/fused.py) is
 probed member by member: each member's weights are copied into its own net, which is probed as an unfused run's
 would be. Probes draw from their own generator, never from the training's random streams, so turning them on
 changes no trained number.
@@ -15,7 +16,9 @@ import pytorch_lightning as pl
 import torch
 
 from framework.curvature import top_eigenvalue
-from framework.gradstats import gradient_moments
+from framework.gradstats import gradient_moments, minibatch_variance
+
+VARIANCE_DRAWS = 32  # minibatches drawn per batch size for E|g_B - G|^2
 
 
 class Probes(pl.Callback):
@@ -64,6 +67,10 @@ class Probes(pl.Callback):
                 m = gradient_moments(net, loss_fn, x, y)
                 out.update({"probe/noise_scale": m["noise_scale"], "probe/grad_sq": m["grad_sq_unbiased"],
                             "probe/trace_cov": m["trace_cov"]})
+            for b in self.cfg.variance_batches:
+                if b < len(x):
+                    out[f"probe/minibatch_var@{b}"] = minibatch_variance(net, loss_fn, x, y, b, VARIANCE_DRAWS,
+                                                                        self._generators[i])
             if self.cfg.sharpness:
                 start = self._vectors.get(i)
                 start = None if start is None else [t.to(device) for t in start]

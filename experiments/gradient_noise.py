@@ -1,0 +1,200 @@
+"""Gradient noise and the critical batch (McCandlish et al. 2018, "An empirical model of large-batch training";
+Shallue et al. 2019, "Measuring the effects of data parallelism"; the lecture notes' B* = 16 sigma^2 / g^2 and
+eta_B = B eta_1 below it).
+
+Claims, each measured on every seed:
+1. The minibatch gradient's variance falls like 1/B: E|g_B - G|^2, measured directly at six batch sizes (and
+   corrected for sampling without replacement, x (n - 1) / (n - B)), has log-log slope within SLOPE_VAR of -1
+   (McCandlish et al. Sec. 2.1: cov(g_B) = Sigma / B). The median slope over the noise run's probes until its
+   loss reaches the target: past it a few unfit samples carry most of Sigma, a minibatch of 4 rarely holds
+   one, and 32 draws underestimate E|g_4 - G|^2 (slopes of -0.4 to -0.7 were measured there).
+2. The gradient noise scale B_simple = tr(Sigma) / |G|^2 grows as the training loss falls (McCandlish et al.
+   Sec. 3.3 and Fig. 4): log10 of B_simple where the loss reaches the target over B_simple at initialisation is
+   above 0. (Recorded too: the rank correlation of loss and B_simple over every probe, B_simple infinite once
+   |G|^2's unbiased estimate is not positive.)
+3. Steps to a target loss follow S = S_min (1 + B_crit / B) over batch sizes (McCandlish et al. Eq. 2.11,
+   Shallue et al.'s perfect-scaling and diminishing-returns regimes): the least-squares fit of S against 1/B at
+   the best learning rate of each batch has R^2 above FIT_R2.
+4. The critical batch B_crit = E_min / S_min from that fit agrees with B_simple measured where the loss reaches
+   the target, within an order of magnitude (McCandlish et al. Sec. 2.2 and Fig. 7: B_simple approximates B_crit).
+5. Below the critical batch the best learning rate grows linearly with batch size (McCandlish et al. Eq. 2.7,
+   eps_opt = eps_max / (1 + B_noise / B), linear for B << B_noise; the notes' eta_B = B eta_1): log-log slope
+   over the sweep's batches below B_crit within SLOPE_LR.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments import RECIPES
+from framework.plots import save, sns_setup
+from framework.recipe import Recipe, history
+from framework.verdict import Claim, above, within
+
+SLOPE_VAR = (-1.1, -0.9)  # the notes' band around McCandlish et al.'s exact -1
+FIT_R2 = 0.9              # S = S_min (1 + B_crit / B) explains the steps-to-target over batch sizes
+AGREE = (0.1, 10.0)       # B_crit / B_simple: within an order of magnitude
+SLOPE_LR = (0.7, 1.3)     # "linear", as in lr_scaling
+VAR_COLUMN = re.compile(r"probe/minibatch_var@(\d+)$")
+
+
+def _metrics(store, experiment: str, row) -> pd.DataFrame:
+    return store.read_frame(experiment, row["run_id"], "metrics.csv")
+
+
+def variance_slopes(m: pd.DataFrame, n: int, until: int | None = None) -> list[float]:
+    """Per probe step (up to `until`): the log-log slope of E|g_B - G|^2 (x (n - 1) / (n - B), the finite-population correction)
+    against B."""
+    cols = {int(VAR_COLUMN.match(c).group(1)): c for c in m.columns if VAR_COLUMN.match(c)}
+    slopes = []
+    probes = m.dropna(subset=list(cols.values())) if cols else m.iloc[:0]
+    for _, r in (probes[probes["step"] <= until] if until is not None else probes).iterrows():
+        bs = sorted(cols)
+        v = [r[cols[b]] * (n - 1) / (n - b) for b in bs]
+        if all(x > 0 for x in v):
+            slopes.append(float(np.polyfit(np.log(bs), np.log(v), 1)[0]))
+    return slopes
+
+
+def noise_at_target(m: pd.DataFrame, target: float) -> dict:
+    """B_simple at initialisation (the first probe) and at the first probe at or below the target loss, and the
+    Spearman rank correlation of probe loss and B_simple over every probe."""
+    from scipy.stats import spearmanr
+    probes = m.dropna(subset=["probe/noise_scale", "probe/loss"]).sort_values("step") if "probe/noise_scale" in m \
+        else pd.DataFrame()
+    if len(probes) < 2:
+        return {"b_simple_at_init": math.nan, "b_simple_at_target": math.nan, "rank_correlation": math.nan}
+    hit = probes[probes["probe/loss"] <= target]
+    return {"b_simple_at_init": float(probes["probe/noise_scale"].iloc[0]),
+            "b_simple_at_target": float(hit["probe/noise_scale"].iloc[0]) if len(hit) else math.nan,
+            "target_step": int(hit["step"].iloc[0]) if len(hit) else None,
+            "rank_correlation": float(spearmanr(probes["probe/loss"], probes["probe/noise_scale"]).statistic)}
+
+
+def sweep(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size: the fewest steps to target over its learning rates, and that rate (None: none reached)."""
+    s = runs[runs["part"] == "sweep"].copy() if "part" in runs else runs.iloc[:0]
+    if not len(s):
+        return pd.DataFrame(columns=["batch", "steps", "lr"])
+    s["steps"] = s["steps_to_target"].where(s["status"].eq("done") & s["steps_to_target"].notna(), np.inf).astype(float)
+    rows = []
+    for b, g in s.groupby("cfg.data.batch_size"):
+        best = g.loc[g["steps"].idxmin()]
+        rows.append({"batch": int(b), "steps": float(best["steps"]), "lr": float(best["cfg.optim.lr"]),
+                     "lr_grid": sorted(g["cfg.optim.lr"].astype(float))})
+    return pd.DataFrame(rows).sort_values("batch")
+
+
+def critical_batch(best: pd.DataFrame) -> dict:
+    """Least squares of S = a + b / B (a = S_min, b = S_min B_crit): B_crit = b / a and the fit's R^2."""
+    ok = best[np.isfinite(best["steps"])]
+    if len(ok) < 3:
+        return {"s_min": math.nan, "b_crit": math.nan, "r2": math.nan}
+    x, y = 1.0 / ok["batch"].to_numpy(float), ok["steps"].to_numpy(float)
+    b, a = np.polyfit(x, y, 1)
+    pred = a + b * x
+    r2 = 1 - float(((y - pred) ** 2).sum()) / float(((y - y.mean()) ** 2).sum()) if len(y) > 1 else math.nan
+    return {"s_min": float(a), "b_crit": float(b / a) if a > 0 else math.nan, "r2": r2}
+
+
+@RECIPES.register("gradient_noise")
+class GradientNoise(Recipe):
+    name = "gradient_noise"
+    title = "Gradient noise and the critical batch: the 1/B variance law, B_simple, steps to target over batch sizes"
+    papers = ["McCandlish et al. 2018, An empirical model of large-batch training", "Shallue et al. 2019, JMLR"]
+
+    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
+        noise = runs[runs["part"] == "noise"] if "part" in runs else runs.iloc[:0]
+        row = noise.iloc[0] if len(noise) else None
+        m = _metrics(store, self.name, row) if row is not None else pd.DataFrame()
+        n = int(row["n_train"]) if row is not None and pd.notna(row.get("n_train")) else 0
+        target = float(row["cfg.diagnostics.target_loss"]) if row is not None else math.nan
+        noise_scale = noise_at_target(m, target)
+        b_simple, b_init = noise_scale["b_simple_at_target"], noise_scale["b_simple_at_init"]
+        slopes = variance_slopes(m, n, noise_scale.get("target_step")) if n else []
+        growth = math.log10(b_simple / b_init) if b_init > 0 and b_simple > 0 else math.nan
+        best = sweep(runs)
+        fit = critical_batch(best)
+        below_crit = best[(best["batch"] < fit["b_crit"]) & np.isfinite(best["steps"])] \
+            if math.isfinite(fit["b_crit"]) else best.iloc[:0]
+        lr_slope = float(np.polyfit(np.log(below_crit["batch"]), np.log(below_crit["lr"]), 1)[0]) \
+            if len(below_crit) >= 2 else math.nan
+        table = {f"B={int(r.batch)}": {"steps": r.steps, "best_lr": r.lr} for r in best.itertuples()}
+        ratio = fit["b_crit"] / b_simple if b_simple and math.isfinite(b_simple) and b_simple > 0 else math.nan
+        return [
+            Claim("The minibatch gradient's variance falls like 1/B", "McCandlish et al. 2018, Sec. 2.1",
+                  "log-log slope of E|g_B - G|^2 (x (n-1)/(n-B)) vs B, median over probes to the target",
+                  float(np.median(slopes)) if slopes else math.nan, within(*SLOPE_VAR),
+                  {"slopes": [round(s, 3) for s in slopes], "n": n}),
+            Claim("The gradient noise scale B_simple grows as the training loss falls",
+                  "McCandlish et al. 2018, Sec. 3.3 and Fig. 4",
+                  "log10 B_simple at the target loss / B_simple at initialisation", growth, above(0.0),
+                  noise_scale | {"target_loss": target}),
+            Claim("Steps to target follow S = S_min (1 + B_crit / B) over batch sizes",
+                  "McCandlish et al. 2018, Eq. 2.11; Shallue et al. 2019, Sec. 4", "R^2 of S vs 1/B at the best lr",
+                  fit["r2"], above(FIT_R2), fit | table),
+            Claim("The critical batch agrees with the gradient noise scale within an order of magnitude",
+                  "McCandlish et al. 2018, Sec. 2.2 and Fig. 7", "B_crit / B_simple (B_simple at the target loss)",
+                  ratio, within(*AGREE), {"b_crit": fit["b_crit"], "b_simple_at_target": b_simple}),
+            Claim("Below the critical batch the best learning rate grows linearly with batch size",
+                  "McCandlish et al. 2018, Eq. 2.7; the lecture notes (eta_B = B eta_1)",
+                  "log-log slope of best lr vs batch, batches below B_crit", lr_slope, within(*SLOPE_LR),
+                  {"b_crit": fit["b_crit"], "batches": [int(b) for b in below_crit["batch"]]} | table),
+        ]
+
+    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+        sns, plt = sns_setup()
+        fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+        noise = runs[runs["part"] == "noise"]
+        curves = history(noise, store, self.name)
+        if not curves.empty:
+            cols = [c for c in curves.columns if VAR_COLUMN.match(c)]
+            probes = curves.dropna(subset=cols) if cols else curves.iloc[:0]
+            if len(probes):
+                long = probes.melt(id_vars=["step", "seed"], value_vars=cols, var_name="B", value_name="var")
+                long["B"] = long["B"].str.extract(r"@(\d+)").astype(int)
+                sns.lineplot(long, x="B", y="var", hue="step", marker="o", errorbar=("pi", 100), ax=axes[0],
+                             palette="viridis", legend="brief")
+                b = np.array(sorted(long["B"].unique()), float)
+                first = long[long["step"] == long["step"].min()].groupby("B")["var"].median()
+                axes[0].plot(b, first.iloc[0] * b[0] / b, "k--", lw=0.8, label="slope -1")
+                axes[0].set(xscale="log", yscale="log", xlabel="batch size B", ylabel="E|g_B - G|^2",
+                            title="Minibatch gradient variance (by training step)")
+                axes[0].legend(fontsize=6)
+            ns = curves.dropna(subset=["probe/noise_scale"]) if "probe/noise_scale" in curves else curves.iloc[:0]
+            if len(ns):
+                ns = ns.assign(b_simple=ns["probe/noise_scale"].replace(np.inf, np.nan))
+                sns.lineplot(ns, x="probe/loss", y="b_simple", marker="o", units="seed", estimator=None, ax=axes[1],
+                             hue="seed", palette="colorblind", legend=False)
+                axes[1].set(xscale="log", yscale="log", xlabel="training loss (probe)", ylabel="B_simple",
+                            title="Noise scale as the loss falls (right to left)")
+                axes[1].invert_xaxis()
+        rows = []
+        for seed in sorted(runs["seed"].unique()):
+            best = sweep(runs[runs["seed"] == seed])
+            fit = critical_batch(best)
+            rows += [{"seed": seed, "batch": r.batch, "steps": r.steps, "lr": r.lr, **fit} for r in best.itertuples()]
+        table = pd.DataFrame(rows)
+        if len(table):
+            shown = table[np.isfinite(table["steps"])]
+            sns.lineplot(shown, x="batch", y="steps", marker="o", errorbar=("pi", 100), ax=axes[2], label="measured")
+            b = np.geomspace(shown["batch"].min(), shown["batch"].max(), 50)
+            s_min, b_crit = table["s_min"].median(), table["b_crit"].median()
+            if math.isfinite(s_min) and math.isfinite(b_crit):
+                axes[2].plot(b, s_min * (1 + b_crit / b), "k--", lw=0.8,
+                             label=f"S_min (1 + B_crit/B), B_crit {b_crit:.0f} (median fit)")
+            axes[2].set(xscale="log", yscale="log", xlabel="batch size", ylabel="steps to target (best lr)",
+                        title="Steps to target vs batch size")
+            axes[2].legend(fontsize=7)
+            sns.lineplot(shown, x="batch", y="lr", marker="o", errorbar=("pi", 100), ax=axes[3])
+            bb = np.array(sorted(shown["batch"].unique()), float)
+            axes[3].plot(bb, shown.groupby("batch")["lr"].median().iloc[0] * bb / bb[0], "k--", lw=0.8, label="linear")
+            axes[3].set(xscale="log", yscale="log", xlabel="batch size", ylabel="best learning rate",
+                        title="Best learning rate vs batch size")
+            axes[3].legend(fontsize=7)
+        fig.tight_layout()
+        return save(fig, outdir / "gradient_noise")
