@@ -1,0 +1,236 @@
+"""SGD's temperature (Mandt, Hoffman & Blei 2017, "Stochastic gradient descent as approximate Bayesian inference";
+Smith & Le 2018; Smith, Kindermans, Ying & Le 2018, "Don't decay the learning rate, increase the batch size";
+the lecture notes' one-parameter model 1/2 (beta - y)^2 and momentum).
+
+On the notes' model beta is an AR(1) process: beta' - m = (1 - eta)(beta - m) + eta (m - mean of the batch), so a
+constant step size leaves it spread around the optimum m with Var(beta) = eta v / (2 - eta), v = s^2 / B (n - B) /
+(n - 1) the variance of a batch mean drawn without replacement (s^2: the training targets' variance). Heavy ball
+(torch's form) makes it AR(2), whose stationary variance is known in closed form too; a / (b + t) step sizes
+follow the same recursion step by step. The measured variance is twice the probe's excess loss, averaged over the
+probes after BURN_IN steps (the inverse-time run: over its last half).
+
+Claims, each measured on every seed:
+1. The stationary variance matches the closed form eta v / (2 - eta) over step sizes x batch sizes: the geometric
+   mean of measured / predicted over the grid lies within CLOSE (Mandt et al. Sec. 3-4, Eq. 10-13).
+2. Under the decaying step size lr * b / (b + t) the variance shrinks as the recursion predicts: measured /
+   predicted over the last half of the run within BAND (Mandt et al. Sec. 4; Robbins-Monro).
+3. Momentum mu at step size eta (1 - mu) tracks plain SGD at eta: the ratio of their stationary variances lies
+   within BAND (Smith & Le 2018, Sec. 5: noise scale eps N / (B (1 - m))).
+4. Multiplying the batch size by k matches dividing the step size by k: the variances of equal eta / B pairs agree
+   within BAND (Smith et al. 2018, Sec. 2 and 3; Smith & Le 2018).
+5. On an MLP at a step size where the constant one is noise-limited (Smith et al.'s lr 0.1 with momentum 0.9),
+   decayed schedules (cosine, step) end at a lower training loss than a constant step size at an equal budget:
+   log10 constant / decayed, the smaller of the two, is above 0 (Smith et al. 2018, Fig. 1; Mandt et al. 2017).
+   The end is the mean over the last END_EPOCHS epochs: the constant run's loss is a draw from its stationary
+   spread (over seeds 0-4 its last-epoch loss ranged over three decades, 0.0002 to 0.3). Where the net
+   interpolates the data the per-example gradients and with them the noise vanish, and a constant step can end
+   as low as a decayed one (seed 1 did): the claim holds where SGD's noise persists.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments import RECIPES
+from framework.optim import lr_factor
+from framework.plots import save, sns_setup
+from framework.recipe import Recipe, history, row_config
+from framework.verdict import Claim, above, within
+
+BURN_IN = 500          # steps before the stationary average (>= 20 relaxation times 1 / (2 eta) of eta 0.05)
+CLOSE = (1 / 1.1, 1.1)  # the grid's geometric-mean ratio: the notes' 10%, about 4 of its standard errors here
+BAND = (0.8, 1.25)     # one comparison of two runs' averages: about 3 standard errors of one seed's ratio here
+
+
+@lru_cache(maxsize=64)
+def _target_spread(data_items: tuple) -> tuple[float, int]:
+    """(s^2, n) of a run's training targets, from its data config (the split is a function of the config)."""
+    from framework.config import DataConfig
+    from framework.data import build_splits
+    y = build_splits(DataConfig(**dict(data_items))).y_train.double()
+    return float(y.var(unbiased=False)), len(y)
+
+
+def batch_noise(cfg) -> float:
+    """v: the variance of one batch's mean target around the training mean, sampling without replacement."""
+    import dataclasses
+    s2, n = _target_spread(tuple(sorted(dataclasses.asdict(cfg.data).items())))
+    b = cfg.data.batch_size
+    return s2 / b * (n - b) / (n - 1)
+
+
+def predicted_variance(cfg) -> float:
+    """Stationary Var(beta) of SGD with heavy ball (torch's form) at a constant step: AR(2) with phi1 = 1 + mu - lr,
+    phi2 = -mu and innovations of variance lr^2 v; mu = 0 gives eta v / (2 - eta)."""
+    lr, mu, v = cfg.optim.lr, cfg.optim.momentum if cfg.optim.name != "sgd" else 0.0, batch_noise(cfg)
+    p1, p2, e = 1 + mu - lr, -mu, lr * lr * v
+    return (1 - p2) * e / ((1 + p2) * ((1 - p2) ** 2 - p1 ** 2))
+
+
+def predicted_path(cfg, steps: int) -> np.ndarray:
+    """Var(beta_t) of plain SGD under the run's schedule, by the exact recursion (1 - eta_t)^2 v_t + eta_t^2 v."""
+    factor, v = lr_factor(cfg.schedule, steps, 1), batch_noise(cfg)
+    out, var = np.zeros(steps + 1), 0.0
+    for t in range(steps):
+        eta = cfg.optim.lr * factor(t)
+        var = (1 - eta) ** 2 * var + eta * eta * v
+        out[t + 1] = var
+    return out
+
+
+def excess(store, experiment: str, row) -> pd.Series:
+    """2 x (probe loss - 1/2 s^2): (beta - mean y)^2 at each probe step."""
+    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    if m.empty or "probe/loss" not in m:
+        return pd.Series(dtype=float)
+    cfg = row_config(row)
+    s2, _ = _target_spread(tuple(sorted(__import__("dataclasses").asdict(cfg.data).items())))
+    probe = m.dropna(subset=["probe/loss"]).set_index("step")["probe/loss"]
+    return 2 * (probe - 0.5 * s2)
+
+
+def measured_ratio(store, experiment: str, row) -> tuple[float, float, float]:
+    """(measured, predicted, measured / predicted) stationary variance of a constant-step run."""
+    if row is None or row["status"] != "done":
+        return math.nan, math.nan, math.nan
+    d = excess(store, experiment, row)
+    measured = float(d[d.index >= BURN_IN].mean()) if len(d) else math.nan
+    predicted = predicted_variance(row_config(row))
+    return measured, predicted, measured / predicted
+
+
+END_EPOCHS = 3  # a constant step's loss is a random draw from its stationary spread: its end is a mean over epochs
+
+
+def end_loss(store, experiment: str, row) -> float:
+    """Mean training loss (epoch means) over the last END_EPOCHS epochs; inf for a run that did not finish."""
+    if row["status"] != "done":
+        return math.inf
+    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    epochs = m.dropna(subset=["train/loss_epoch"])["train/loss_epoch"] if "train/loss_epoch" in m else []
+    return float(np.mean(epochs.iloc[-END_EPOCHS:])) if len(epochs) else math.nan
+
+
+def _one(runs: pd.DataFrame, **where) -> pd.Series | None:
+    mask = pd.Series(True, index=runs.index)
+    for k, v in where.items():
+        mask &= np.isclose(runs[k].astype(float), v) if isinstance(v, float) else runs[k] == v
+    hit = runs[mask]
+    return hit.iloc[0] if len(hit) else None
+
+
+@RECIPES.register("sgd_temperature")
+class SgdTemperature(Recipe):
+    name = "sgd_temperature"
+    title = "SGD's temperature: stationary spread eta / B, its decay, momentum and batch-size equivalences"
+    papers = ["Mandt, Hoffman & Blei 2017", "Smith & Le 2018", "Smith et al. 2018 (Don't decay the LR)"]
+
+    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
+        const = runs[runs["part"] == "constant"]
+        ratios = {}
+        for _, r in const.iterrows():
+            m, p, q = measured_ratio(store, self.name, r)
+            ratios[f"lr={r['cfg.optim.lr']:g},B={int(r['cfg.data.batch_size'])}"] = \
+                {"measured": m, "predicted": p, "ratio": q}
+        logs = [math.log(v["ratio"]) for v in ratios.values() if v["ratio"] > 0]
+        closed = math.exp(sum(logs) / len(logs)) if logs and len(logs) == len(ratios) else math.nan
+
+        inv = _one(runs, part="inverse_time")
+        decay, decay_numbers = math.nan, {}
+        if inv is not None and inv["status"] == "done":
+            d = excess(store, self.name, inv)
+            steps = int(inv["steps"])
+            path = predicted_path(row_config(inv), steps)
+            late = d[d.index >= steps // 2]
+            predicted = float(np.mean([path[int(t)] for t in late.index if t <= steps]))
+            decay = float(late.mean()) / predicted
+            constant_peak = predicted_variance(row_config(inv))
+            decay_numbers = {"measured_late": float(late.mean()), "predicted_late": predicted,
+                             "stationary_at_peak_lr": constant_peak,
+                             "shrunk_by": constant_peak / float(late.mean()) if late.mean() > 0 else None}
+
+        mom = _one(runs, part="momentum")
+        plain = _one(const, **{"cfg.data.batch_size": 4, "cfg.optim.lr": 0.2})
+        (m_mom, p_mom, _), (m_plain, p_plain, _) = measured_ratio(store, self.name, mom), \
+            measured_ratio(store, self.name, plain)
+        momentum_ratio = m_mom / m_plain
+
+        pairs = [((0.2, 16), (0.05, 4)), ((0.2, 4), (0.05, 1))]
+        pair_ratios = {}
+        for (lr_a, b_a), (lr_b, b_b) in pairs:
+            a = measured_ratio(store, self.name, _one(const, **{"cfg.optim.lr": lr_a, "cfg.data.batch_size": b_a}))[0]
+            b = measured_ratio(store, self.name, _one(const, **{"cfg.optim.lr": lr_b, "cfg.data.batch_size": b_b}))[0]
+            pair_ratios[f"(lr {lr_a:g}, B {b_a}) / (lr {lr_b:g}, B {b_b})"] = a / b
+        known = [v for v in pair_ratios.values() if v > 0]
+        batch_ratio = math.exp(np.mean(np.log(known))) if len(known) == len(pairs) else math.nan
+
+        sched = runs[runs["part"] == "schedules"]
+        loss = {r["schedule"]: end_loss(store, self.name, r) for _, r in sched.iterrows()}
+        final = {r["schedule"]: float(r["train_loss"]) for _, r in sched.iterrows()}
+        gains = [math.log10(loss["constant"] / loss[k]) for k in ("cosine", "step") if k in loss and "constant" in loss
+                 and loss[k] > 0]
+        decayed = min(gains) if gains and all(map(math.isfinite, gains)) else math.nan
+        return [
+            Claim("A constant step size leaves SGD spread around the optimum with Var = eta v / (2 - eta)",
+                  "Mandt et al. 2017, Sec. 3-4; the lecture notes' 1/2 (beta - y)^2",
+                  "geometric mean of measured / closed-form stationary variance over step sizes x batch sizes",
+                  closed, within(*CLOSE), ratios),
+            Claim("Under a decaying step size lr b / (b + t) the spread shrinks as its recursion predicts",
+                  "Mandt et al. 2017, Sec. 4", "measured / predicted variance over the last half of the run", decay,
+                  within(*BAND), decay_numbers),
+            Claim("Momentum mu at step size eta (1 - mu) tracks plain SGD at eta", "Smith & Le 2018, Sec. 5",
+                  "stationary variance, heavy ball mu 0.9 at lr 0.02 / plain SGD at lr 0.2 (batch 4)",
+                  momentum_ratio, within(*BAND),
+                  {"momentum": m_mom, "plain": m_plain, "closed_form_ratio": p_mom / p_plain}),
+            Claim("Multiplying the batch size by k matches dividing the step size by k",
+                  "Smith et al. 2018, Sec. 2-3; Smith & Le 2018", "geometric mean variance ratio of equal eta / B pairs",
+                  batch_ratio, within(*BAND), pair_ratios),
+            Claim("Decayed schedules beat a constant step size at an equal budget",
+                  "Smith et al. 2018, Fig. 1; Mandt et al. 2017",
+                  f"log10 training loss over the last {END_EPOCHS} epochs, constant / decayed (the smaller of cosine "
+                  f"and step)", decayed,
+                  above(0.0), {"end_train_loss": loss, "final_train_loss": final}),
+        ]
+
+    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+        sns, plt = sns_setup()
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        rows = []
+        for _, r in runs[runs["part"].isin(["constant", "momentum"])].iterrows():
+            m, p, _ = measured_ratio(store, self.name, r)
+            rows.append({"predicted": p, "measured": m, "batch": int(r["cfg.data.batch_size"]),
+                         "run": "momentum 0.9" if r["part"] == "momentum" else f"lr {r['cfg.optim.lr']:g}"})
+        table = pd.DataFrame(rows)
+        if len(table):
+            sns.scatterplot(table, x="predicted", y="measured", hue="run", style="batch", ax=axes[0])
+            lim = [table[["predicted", "measured"]].min().min() / 1.5, table[["predicted", "measured"]].max().max() * 1.5]
+            axes[0].plot(lim, lim, "k--", lw=0.8)
+            axes[0].set(xscale="log", yscale="log", xlabel="closed form Var(beta)", ylabel="measured Var(beta)",
+                        title="Stationary spread of SGD (each seed a point)")
+        inv = runs[runs["part"] == "inverse_time"]
+        ref = runs[(runs["part"] == "constant") & (runs["cfg.data.batch_size"] == 4) & np.isclose(runs["cfg.optim.lr"], 0.5)]
+        for i, (label, part) in enumerate((("lr 0.5 b / (b + t)", inv), ("lr 0.5 constant", ref))):
+            # a single draw of (beta - m)^2 spans decades: each run's rolling mean over 20 probes, seeds as a band
+            traces = pd.concat([excess(store, self.name, r).rolling(20, min_periods=20).mean().rename(r["seed"])
+                                for _, r in part.iterrows()], axis=1) if len(part) else pd.DataFrame()
+            if not traces.empty:
+                mid, lo, hi = traces.median(axis=1), traces.min(axis=1), traces.max(axis=1)
+                axes[1].plot(mid.index, mid.to_numpy(), color=f"C{i}", label=f"{label}: measured (20-probe mean)")
+                axes[1].fill_between(mid.index, lo.to_numpy(), hi.to_numpy(), color=f"C{i}", alpha=0.2)
+                path = predicted_path(row_config(part.iloc[0]), int(part.iloc[0]["steps"]))
+                axes[1].plot(np.arange(len(path)), path, "k--" if i == 0 else "k:", lw=1, label=f"{label}: predicted")
+        axes[1].set(yscale="log", xscale="log", xlabel="step", ylabel="Var(beta) (batch 4)",
+                    title="Decaying vs constant step size (seed band)")
+        axes[1].legend(fontsize=7)
+        sched = runs[runs["part"] == "schedules"]
+        curves = history(sched, store, self.name)
+        if not curves.empty and "train/loss_epoch" in curves:
+            ep = curves.dropna(subset=["train/loss_epoch"])
+            sns.lineplot(ep, x="epoch", y="train/loss_epoch", hue="schedule", errorbar=("pi", 100), ax=axes[2])
+            axes[2].set(yscale="log", ylabel="training loss (epoch mean)", title="Digits MLP: schedules at equal budget")
+        fig.tight_layout()
+        return save(fig, outdir / "sgd_temperature")
