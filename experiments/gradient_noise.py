@@ -3,7 +3,7 @@ Shallue et al. 2019, "Measuring the effects of data parallelism"; the lecture no
 eta_B = B eta_1 below it).
 
 Claims, each measured on every seed:
-1. The minibatch gradient's variance falls like 1/B: E|g_B - G|^2, measured directly at six batch sizes (and
+1. The minibatch gradient's variance falls like 1/B: E|g_B - G|^2, measured directly at several batch sizes (and
    corrected for sampling without replacement, x (n - 1) / (n - B)), has log-log slope within SLOPE_VAR of -1
    (McCandlish et al. Sec. 2.1: cov(g_B) = Sigma / B). The median slope over the noise run's probes until its
    loss reaches the target: past it a few unfit samples carry most of Sigma, a minibatch of 4 rarely holds

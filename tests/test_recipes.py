@@ -48,7 +48,8 @@ def edit(frame, where: dict, **values):
     return frame
 
 
-@pytest.mark.parametrize("name", ["random_labels", "double_descent", "lr_scaling", "adam_vs_sgd"])
+@pytest.mark.parametrize("name", ["random_labels", "double_descent", "lr_scaling", "adam_vs_sgd", "step_size",
+                                  "gradient_noise", "sgd_temperature"])
 def test_smoke_suite_runs_for_real(name, tmp_path_factory):
     recipe, store, frame, verdict, root = smoke(name, tmp_path_factory)
     assert verdict["experiment"] == name and verdict["scale"] == "smoke" and verdict["claims"]
@@ -298,7 +299,7 @@ ACC_TOL = 0.1
 
 
 @pytest.mark.parametrize("name", ["vanishing_gradients", "random_labels", "double_descent", "lr_scaling",
-                                  "adam_vs_sgd"])
+                                  "adam_vs_sgd", "step_size", "gradient_noise", "sgd_temperature"])
 def test_fused_suite_equals_the_suite_run_one_by_one(name, tmp_path_factory):
     """The smoke suites above ran with fusion on (the default; a config's two seeds train in one group); here
     each suite's seed-0 runs train again one run at a time (seed 1 is left out to halve the cost: the seed-0
