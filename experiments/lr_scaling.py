@@ -160,8 +160,8 @@ class LrScaling(Recipe):
         if not curves.empty and "train/loss_epoch" in curves:
             ep = curves.dropna(subset=["train/loss_epoch"])
             hit = ep[ep["train/loss_epoch"] <= TARGET_LOSS].groupby("run_id")["step"].min() + 1
-            steps = sweep.set_index("run_id").join(hit.rename("steps_to_target"), how="inner")
-            fastest = steps.groupby("data.batch_size")["steps_to_target"].min()
+            steps = sweep.set_index("run_id")[["data.batch_size"]].join(hit.rename("steps_to_loss"), how="inner")
+            fastest = steps.groupby("data.batch_size")["steps_to_loss"].min()
         else:
             fastest = pd.Series(dtype=float)
         if len(fastest):

@@ -28,6 +28,7 @@ Claims, each measured on every seed:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -46,9 +47,13 @@ CLOSE = (1 / 1.1, 1.1)  # the grid's geometric-mean ratio: the notes' 10%, about
 BAND = (0.8, 1.25)     # one comparison of two runs' averages: about 3 standard errors of one seed's ratio here
 
 
+def target_spread(cfg) -> tuple[float, int]:
+    """(s^2, n) of a run's training targets, from its data config (the split is a function of the config)."""
+    return _target_spread(tuple(sorted(dataclasses.asdict(cfg.data).items())))
+
+
 @lru_cache(maxsize=64)
 def _target_spread(data_items: tuple) -> tuple[float, int]:
-    """(s^2, n) of a run's training targets, from its data config (the split is a function of the config)."""
     from framework.config import DataConfig
     from framework.data import build_splits
     y = build_splits(DataConfig(**dict(data_items))).y_train.double()
@@ -57,8 +62,7 @@ def _target_spread(data_items: tuple) -> tuple[float, int]:
 
 def batch_noise(cfg) -> float:
     """v: the variance of one batch's mean target around the training mean, sampling without replacement."""
-    import dataclasses
-    s2, n = _target_spread(tuple(sorted(dataclasses.asdict(cfg.data).items())))
+    s2, n = target_spread(cfg)
     b = cfg.data.batch_size
     return s2 / b * (n - b) / (n - 1)
 
@@ -87,8 +91,7 @@ def excess(store, experiment: str, row) -> pd.Series:
     m = store.read_frame(experiment, row["run_id"], "metrics.csv")
     if m.empty or "probe/loss" not in m:
         return pd.Series(dtype=float)
-    cfg = row_config(row)
-    s2, _ = _target_spread(tuple(sorted(__import__("dataclasses").asdict(cfg.data).items())))
+    s2, _ = target_spread(row_config(row))
     probe = m.dropna(subset=["probe/loss"]).set_index("step")["probe/loss"]
     return 2 * (probe - 0.5 * s2)
 

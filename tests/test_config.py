@@ -8,10 +8,11 @@ from tests.conftest import repro
 
 @pytest.mark.parametrize("override, must_name", [
     ("model.dept=20", ["model.dept", "did you mean 'model.depth'"]),
-    ("model.depth=abc", ["model.depth", "expected int", "'abc'"]),
+    pytest.param("model.depth=abc", ["model.depth", "expected int", "'abc'"], marks=pytest.mark.slow),
     ("optim.name=adamm", ["optim.name", "did you mean 'adam'", "adamw", "sgd"]),
-    ("model.activation=sigmod", ["model.activation", "did you mean 'sigmoid'"]),
-    ("optim.lr=-1", ["optim.lr", "> 0"]),
+    pytest.param("model.activation=sigmod", ["model.activation", "did you mean 'sigmoid'"], marks=pytest.mark.slow),
+    # each case is a CLI process of about 12 s on 2 cores: three more run with -m slow (CI time)
+    pytest.param("optim.lr=-1", ["optim.lr", "> 0"], marks=pytest.mark.slow),
     ("grid.model.dropout=[0.1]", ["grid axis", "model.dropout"]),
     ("model.width=1000000000", ["model.width", "parameters", "GiB", "more than this machine"]),
 ])
@@ -129,8 +130,10 @@ def _configs(tmp_path, name: str, text: str):
 @pytest.mark.parametrize("text, must_name", [
     ("run: {model: {depth: 2}\ngrid: {}\n", ["line 2", "malformed YAML"]),
     ("run: {}\ngrid: {model.width: 8}\nscales: {cpu: {}}\n", ["grid.model.width", "non-empty list"]),
-    ("run: {}\ngrid: {arch: {}}\nscales: {cpu: {}}\n", ["grid.arch", "non-empty map"]),
-    ("- just\n- a list\n", ["expected a map"]),
+    # two CLI processes a case (about 25 s): these two run with -m slow (CI time)
+    pytest.param("run: {}\ngrid: {arch: {}}\nscales: {cpu: {}}\n", ["grid.arch", "non-empty map"],
+                 marks=pytest.mark.slow),
+    pytest.param("- just\n- a list\n", ["expected a map"], marks=pytest.mark.slow),
 ])
 def test_a_broken_recipe_yaml_is_one_line_naming_the_file(text, must_name, tmp_path):
     env = _configs(tmp_path, "double_descent", text)

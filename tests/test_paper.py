@@ -25,6 +25,8 @@ def test_paper_scale_validates_and_builds(name, cifar_root, tmp_path):
     seen = set()
     for run in runs:
         cfg = run.cfg
+        if cfg.data.name == "mnist":  # the real files (a recipe whose paper scale is MNIST's, as LeCun et al.'s)
+            cfg.data.root, cfg.data.verify = str(shared_data("MNIST")), True
         key = json.dumps({k: v for k, v in flatten(to_dict(cfg)).items()
                           if k.startswith(("model.", "data.name", "data.augment"))}, sort_keys=True)
         if key in seen:
@@ -134,6 +136,7 @@ def test_augmentation_is_fixed_by_seed_and_epoch_and_survives_a_resume():
     assert not all(torch.equal(xb, x[yb]) for xb, yb in first)  # it did augment
 
 
+@pytest.mark.slow  # 80 s; tests/test_fused.py's fused bench case checks the ratio lines in CI
 def test_bench_prints_ratios_and_records_them(tmp_path):
     out = tmp_path / "benchmarks.md"
     cases = ("deep_mlp_50x10", "wide_mlp_2x2048", "resnet18_cifar")  # the fused case: tests/test_fused.py

@@ -79,9 +79,13 @@ IMAGES = {"mnist": (70000, "MNIST"), "fashion_mnist": (70000, "FashionMNIST"), "
           "cifar100": (240, None)}
 
 
+OWN_TEST_DRAW = ("quadratic", "location")
+
+
 @pytest.mark.parametrize("dataset", DATASETS.names())
 def test_datasets(dataset, tiny, store, cifar_root):
-    loss = "mse" if dataset in ("regression1d", "wilson") else "cross_entropy"
+    loss = "mse" if dataset in ("regression1d", "wilson") else "squared" if dataset in OWN_TEST_DRAW else \
+        "cross_entropy"
     extra = {}
     if dataset in IMAGES:
         n, folder = IMAGES[dataset]
@@ -94,10 +98,12 @@ def test_datasets(dataset, tiny, store, cifar_root):
         assert len(splits.x_test) == {"mnist": 10000, "fashion_mnist": 10000}.get(dataset, 40)
         assert splits.x_train.shape[1:] == ((1, 28, 28) if folder else (3, 32, 32))
         assert len(splits.x_train) == n_train and splits.n_classes == (100 if dataset == "cifar100" else 10)
+    elif dataset in OWN_TEST_DRAW:  # the synthetic problems draw their test split apart: n_samples each
+        assert len(splits.x_train) + len(splits.x_val) == 240 and len(splits.x_test) == 240
     else:
         assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == (1797 if dataset == "digits" else 240)
     features = {"digits": 64, "gaussian": 6, "regression1d": 1, "wilson": 3 + 5 * 240, "mnist": 784,
-                "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072}[dataset]
+                "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072, "quadratic": 6, "location": 1}[dataset]
     assert splits.x_train[0].numel() == features
     from framework.data import input_shape
     assert tuple(input_shape(cfg.data)[0]) == splits.in_shape and input_shape(cfg.data)[1] == splits.n_outputs, \

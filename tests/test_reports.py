@@ -28,7 +28,9 @@ def chromium(*args, profile):
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
-    common = ["--scale", "smoke", "--runs-dir", str(root / "runs"), "--reports-dir", str(root / "reports")]
+    # one seed (every recipe's smoke suite at two seeds took 165 s here; the seed axis is tested in test_recipes)
+    common = ["--scale", "smoke", "--seeds", "1", "--runs-dir", str(root / "runs"), "--reports-dir",
+              str(root / "reports")]
     r = repro("run", "all", *common, "tracking.mode=disabled")
     assert r.returncode == 0, r.stderr[-2000:]
     r = repro("report", "all", *common, "tracking.mode=disabled", "--no-wandb-run")
@@ -45,7 +47,7 @@ def test_html_reports_load_every_figure_in_chromium(reports, tmp_path):
         assert body, f"{page}: the page's load check did not run"
         total, loaded = map(int, body.groups())
         assert total >= 2 and loaded == total, f"{page}: {loaded} of {total} figures loaded"
-        assert 'id="verdict"' in dom and ("reproduced" in dom)
+        assert 'id="verdict"' in dom and ("reproduced" in dom or "inconclusive" in dom)  # one seed: inconclusive
     index = chromium("--dump-dom", (reports / "reports" / "index.html").as_uri(), profile=tmp_path / "profile").stdout
     table = index[index.index('id="verdict"'):]
     for name in RECIPES.names():
@@ -59,8 +61,8 @@ def test_report_writes_frames_and_versions(reports):
     out = reports / "reports" / "double_descent" / "smoke"
     summary = pd.read_csv(out / "summary.csv")
     history = pd.read_csv(out / "history.csv")
-    assert len(summary) == 8 and {"run_id", "model.width", "seed", "cfg.model.width", "train_error",
-                                  "test_error"} <= set(summary.columns)  # 4 widths x 2 seeds
+    assert len(summary) == 4 and {"run_id", "model.width", "seed", "cfg.model.width", "train_error",
+                                  "test_error"} <= set(summary.columns)  # 4 widths x 1 seed
     assert set(history["run_id"]) == set(summary["run_id"]) and "train/loss" in history
     verdict = json.loads((out / "verdict.json").read_text())
     assert {"torch", "lightning", "wandb"} <= set(verdict["versions"])
@@ -90,7 +92,7 @@ def test_wandb_offline_files_give_the_same_frames_as_the_run_store(tmp_path, mon
 def test_figure_is_drawn_from_the_data(reports, tmp_path):
     recipe = RECIPES.get("double_descent")()
     store = RunStore(reports / "runs")
-    summary, _ = local_frames(recipe, "smoke", store)
+    summary, _ = local_frames(recipe, "smoke", store, seeds=1)
 
     def plotted(frame, outdir):
         outdir.mkdir()

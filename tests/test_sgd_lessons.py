@@ -48,8 +48,11 @@ def _decay(part, exponent):
         tau = float(row["cfg.data.condition"]) ** exponent
         steps = np.arange(0, 400)
         return pd.DataFrame({"step": steps, "train/loss": np.exp(-steps / tau)})
-    return lambda f, s: (edit(f, {"part": part}, status="done", initial_train_loss=1.0),
-                         write_metrics(s, "step_size", f, {"part": part}, make) or s)[0:1] + (s,)
+
+    def apply(frame, store):
+        write_metrics(store, "step_size", frame, {"part": part}, make)
+        return edit(frame, {"part": part}, status="done", initial_train_loss=1.0), store
+    return apply
 
 
 def _mlp(frame, which, **values):
@@ -128,17 +131,19 @@ GRADIENT_NOISE = {
 
 def _spread(where: dict, factor: float):
     """Probe losses whose excess over 1/2 s^2 is half the predicted variance times `factor`, at every probe."""
-    from experiments.sgd_temperature import _target_spread, predicted_path, predicted_variance
+    from experiments.sgd_temperature import predicted_path, predicted_variance, target_spread
 
     def make(row):
-        import dataclasses
         cfg = row_config(row)
-        s2, _ = _target_spread(tuple(sorted(dataclasses.asdict(cfg.data).items())))
+        s2, _ = target_spread(cfg)
         steps = np.arange(0, int(row["steps"]) + 1, 10)
         var = predicted_path(cfg, int(row["steps"]))[steps] if cfg.schedule.name != "constant" else \
             np.full(len(steps), predicted_variance(cfg))
         return pd.DataFrame({"step": steps, "probe/loss": 0.5 * s2 + 0.5 * var * factor})
-    return lambda f, s: (f, write_metrics(s, "sgd_temperature", f, where, make) or s)
+    def apply(frame, store):
+        write_metrics(store, "sgd_temperature", frame, where, make)
+        return frame, store
+    return apply
 
 
 def _then(*edits):

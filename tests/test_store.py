@@ -212,8 +212,10 @@ def test_force_and_retry_never_merge_an_earlier_attempts_rows(tiny, store, monke
 # ---- damaged files ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, damage, command", [
-    ("status.json", '{"status": "do', "run"), ("summary.json", '{"train_loss": 0.', "run"),
-    ("metrics.csv", 'step,train/loss\n"3,0.5\n', "report")])
+    ("status.json", '{"status": "do', "run"),
+    # each case trains a suite through the CLI (about 50 s): these two run with -m slow (CI time)
+    pytest.param("summary.json", '{"train_loss": 0.', "run", marks=pytest.mark.slow),
+    pytest.param("metrics.csv", 'step,train/loss\n"3,0.5\n', "report", marks=pytest.mark.slow)])
 def test_a_damaged_store_file_is_named(name, damage, command, tmp_path):
     runs = tmp_path / "runs"
     args = ["double_descent", "--scale", "smoke", "--seeds", "1", "grid.model.width=[4]", "tracking.mode=disabled",

@@ -14,6 +14,7 @@ def _run(tmp_path, *overrides):
     return r, json.loads((tmp_path / "reports" / "vanishing_gradients" / "smoke" / "verdict.json").read_text())
 
 
+@pytest.mark.slow  # 77 s through the CLI; tests/test_recipes.py runs the same smoke suite in-process in CI
 def test_smoke_suite_writes_verdict_and_figures(tmp_path):
     r, verdict = _run(tmp_path)
     assert verdict["experiment"] == "vanishing_gradients" and verdict["scale"] == "smoke"
