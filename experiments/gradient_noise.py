@@ -32,7 +32,7 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history
+from framework.recipe import Recipe, fewest_steps, history
 from framework.verdict import Claim, above, within
 
 SLOPE_VAR = (-1.1, -0.9)  # the notes' band around McCandlish et al.'s exact -1
@@ -76,16 +76,15 @@ def noise_at_target(m: pd.DataFrame, target: float) -> dict:
 
 
 def sweep(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size: the fewest steps to target over its learning rates, and that rate (None: none reached)."""
-    s = runs[runs["part"] == "sweep"].copy() if "part" in runs else runs.iloc[:0]
+    """Per batch size: the fewest steps to target over its learning rates, and that rate (inf and nan: none
+    reached it)."""
+    s = runs[runs["part"] == "sweep"] if "part" in runs else runs.iloc[:0]
     if not len(s):
         return pd.DataFrame(columns=["batch", "steps", "lr"])
-    s["steps"] = s["steps_to_target"].where(s["status"].eq("done") & s["steps_to_target"].notna(), np.inf).astype(float)
     rows = []
     for b, g in s.groupby("cfg.data.batch_size"):
-        best = g.loc[g["steps"].idxmin()]
-        rows.append({"batch": int(b), "steps": float(best["steps"]), "lr": float(best["cfg.optim.lr"]),
-                     "lr_grid": sorted(g["cfg.optim.lr"].astype(float))})
+        steps, lr = fewest_steps(g)
+        rows.append({"batch": int(b), "steps": steps, "lr": lr, "lr_grid": sorted(g["cfg.optim.lr"].astype(float))})
     return pd.DataFrame(rows).sort_values("batch")
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 from experiments import RECIPES
 from framework.optim import lr_factor
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history, row_config
+from framework.recipe import Recipe, history, pick, row_config
 from framework.verdict import Claim, above, within
 
 BURN_IN = 500          # steps before the stationary average (>= 20 relaxation times 1 / (2 eta) of eta 0.05)
@@ -118,14 +118,6 @@ def end_loss(store, experiment: str, row) -> float:
     return float(np.mean(epochs.iloc[-END_EPOCHS:])) if len(epochs) else math.nan
 
 
-def _one(runs: pd.DataFrame, **where) -> pd.Series | None:
-    mask = pd.Series(True, index=runs.index)
-    for k, v in where.items():
-        mask &= np.isclose(runs[k].astype(float), v) if isinstance(v, float) else runs[k] == v
-    hit = runs[mask]
-    return hit.iloc[0] if len(hit) else None
-
-
 @RECIPES.register("sgd_temperature")
 class SgdTemperature(Recipe):
     name = "sgd_temperature"
@@ -134,15 +126,21 @@ class SgdTemperature(Recipe):
 
     def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
         const = runs[runs["part"] == "constant"]
+        # each stationary run's probes are read once; the momentum and batch-size claims reuse them
+        spread = {r["run_id"]: measured_ratio(store, self.name, r)
+                  for _, r in runs[runs["part"].isin(["constant", "momentum"])].iterrows()}
+
+        def spread_of(row) -> tuple[float, float, float]:
+            return spread[row["run_id"]] if row is not None else (math.nan, math.nan, math.nan)
         ratios = {}
         for _, r in const.iterrows():
-            m, p, q = measured_ratio(store, self.name, r)
+            m, p, q = spread_of(r)
             ratios[f"lr={r['cfg.optim.lr']:g},B={int(r['cfg.data.batch_size'])}"] = \
                 {"measured": m, "predicted": p, "ratio": q}
         logs = [math.log(v["ratio"]) for v in ratios.values() if v["ratio"] > 0]
         closed = math.exp(sum(logs) / len(logs)) if logs and len(logs) == len(ratios) else math.nan
 
-        inv = _one(runs, part="inverse_time")
+        inv = pick(runs, part="inverse_time")
         decay, decay_numbers = math.nan, {}
         if inv is not None and inv["status"] == "done":
             d = excess(store, self.name, inv)
@@ -156,17 +154,16 @@ class SgdTemperature(Recipe):
                              "stationary_at_peak_lr": constant_peak,
                              "shrunk_by": constant_peak / float(late.mean()) if late.mean() > 0 else None}
 
-        mom = _one(runs, part="momentum")
-        plain = _one(const, **{"cfg.data.batch_size": 4, "cfg.optim.lr": 0.2})
-        (m_mom, p_mom, _), (m_plain, p_plain, _) = measured_ratio(store, self.name, mom), \
-            measured_ratio(store, self.name, plain)
+        mom = pick(runs, part="momentum")
+        plain = pick(const, **{"cfg.data.batch_size": 4, "cfg.optim.lr": 0.2})
+        (m_mom, p_mom, _), (m_plain, p_plain, _) = spread_of(mom), spread_of(plain)
         momentum_ratio = m_mom / m_plain
 
         pairs = [((0.2, 16), (0.05, 4)), ((0.2, 4), (0.05, 1))]
         pair_ratios = {}
         for (lr_a, b_a), (lr_b, b_b) in pairs:
-            a = measured_ratio(store, self.name, _one(const, **{"cfg.optim.lr": lr_a, "cfg.data.batch_size": b_a}))[0]
-            b = measured_ratio(store, self.name, _one(const, **{"cfg.optim.lr": lr_b, "cfg.data.batch_size": b_b}))[0]
+            a = spread_of(pick(const, **{"cfg.optim.lr": lr_a, "cfg.data.batch_size": b_a}))[0]
+            b = spread_of(pick(const, **{"cfg.optim.lr": lr_b, "cfg.data.batch_size": b_b}))[0]
             pair_ratios[f"(lr {lr_a:g}, B {b_a}) / (lr {lr_b:g}, B {b_b})"] = a / b
         known = [v for v in pair_ratios.values() if v > 0]
         batch_ratio = math.exp(np.mean(np.log(known))) if len(known) == len(pairs) else math.nan

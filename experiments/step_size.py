@@ -24,7 +24,7 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history, loss_reduction
+from framework.recipe import Recipe, fewest_steps, history, loss_reduction
 from framework.verdict import Claim, above, below, within
 
 CONVERGED = 1e-3      # a quadratic run converged: its final loss is below this fraction of its start
@@ -48,17 +48,22 @@ def _curve(store, experiment: str, row) -> pd.Series:
     return m.dropna(subset=["train/loss"]).set_index("step")["train/loss"]
 
 
-def steps_to_tolerance(store, experiment: str, row, tolerance: float) -> float:
-    """The step at which the full-batch loss reaches `tolerance` x its start (inf: not within the budget), log-linearly
-    interpolated between the two logged steps around the crossing (the loss of GD on a quadratic decays
-    geometrically, so the interpolation is exact where one rate dominates)."""
+def window_steps(store, experiment: str, row) -> float:
+    """Steps from the loss at WINDOW[0] of its start to WINDOW[1] of it (inf: not within the budget; nan: the run
+    did not finish)."""
     if row["status"] != "done":
-        return math.inf
-    curve = _curve(store, experiment, row)
+        return math.nan
     start = float(row["initial_train_loss"])
+    curve = _curve(store, experiment, row)
     # the loss logged at step t is measured before update t + 1, after t updates: the step is the update count
     curve = pd.concat([pd.Series({0: start}), curve[curve.index > 0]])
-    target = tolerance * start
+    return steps_to_tolerance(curve, WINDOW[1] * start) - steps_to_tolerance(curve, WINDOW[0] * start)
+
+
+def steps_to_tolerance(curve: pd.Series, target: float) -> float:
+    """The step at which the loss curve (by update count) reaches `target` (inf: never), log-linearly interpolated
+    between the two logged steps around the crossing (the loss of GD on a quadratic decays geometrically, so the
+    interpolation is exact where one rate dominates)."""
     below = np.nonzero(curve.to_numpy() <= target)[0]
     if not len(below):
         return math.inf
@@ -103,24 +108,13 @@ def bracket(runs: pd.DataFrame, store, experiment: str) -> dict:
 
 def condition_slope(runs: pd.DataFrame, store, experiment: str, name: str) -> tuple[float, dict]:
     part = _part(runs, name)
-    steps = {float(r["cfg.data.condition"]): steps_to_tolerance(store, experiment, r, WINDOW[1])
-             - steps_to_tolerance(store, experiment, r, WINDOW[0]) for _, r in part.iterrows()}
+    steps = {float(r["cfg.data.condition"]): window_steps(store, experiment, r) for _, r in part.iterrows()}
     kappas = sorted(steps)
     ys = [steps[k] for k in kappas]
     if len(kappas) < 2 or not all(math.isfinite(y) and y > 0 for y in ys):
         return math.nan, {"steps": {str(k): v for k, v in steps.items()}}
     slope = float(np.polyfit(np.log(kappas), np.log(ys), 1)[0])
     return slope, {"steps": {str(int(k)): round(v, 1) for k, v in steps.items()}}
-
-
-def best_steps(rows: pd.DataFrame) -> tuple[float, float]:
-    """The fewest steps to the target over a step-size grid (inf: none reached it), and that step size."""
-    reached = rows[rows["status"].eq("done") & rows["steps_to_target"].notna()] if "steps_to_target" in rows else \
-        rows.iloc[:0]
-    if not len(reached):
-        return math.inf, math.nan
-    best = reached.loc[reached["steps_to_target"].astype(float).idxmin()]
-    return float(best["steps_to_target"]), float(best["cfg.optim.lr"])
 
 
 @RECIPES.register("step_size")
@@ -146,7 +140,7 @@ class StepSize(Recipe):
         scaling = _part(runs, "scaling")
         raw = scaling[~scaling["cfg.data.standardise"].astype(bool)] if len(scaling) else scaling
         std = scaling[scaling["cfg.data.standardise"].astype(bool)] if len(scaling) else scaling
-        (raw_steps, raw_lr), (std_steps, std_lr) = best_steps(raw), best_steps(std)
+        (raw_steps, raw_lr), (std_steps, std_lr) = fewest_steps(raw), fewest_steps(std)
         ratio = raw_steps / std_steps if math.isfinite(std_steps) and std_steps > 0 else math.nan
         lr_edges = {"raw_lr_grid": sorted(raw["cfg.optim.lr"].astype(float)) if len(raw) else [],
                     "standardised_lr_grid": sorted(std["cfg.optim.lr"].astype(float)) if len(std) else []}

@@ -348,8 +348,7 @@ class FusedModule(pl.LightningModule):
         member, cfg = self.members[i], self.cfgs[i]
         splits = member.module_splits
         if (self.current_epoch + 1) % cfg.trainer.val_every_n_epochs == 0 and len(splits.x_val):
-            member.module.net.load_state_dict(member_state(self.net, i))
-            result = member.module.to(self.device).evaluate(splits.x_val, splits.y_val)
+            result = self.load_member(i).to(self.device).evaluate(splits.x_val, splits.y_val)
             metrics = {"val/loss": result["loss"], "epoch": self.current_epoch}
             if self.n_classes:
                 metrics["val/acc"] = result["acc"]
@@ -419,11 +418,16 @@ class FusedModule(pl.LightningModule):
         for m, state in zip(self.members, checkpoint.get("members", [])):
             m.load(state)
 
+    def load_member(self, k: int):
+        """Member k's ReproModule with the fused net's current values for it (to evaluate or probe it alone)."""
+        module = self.members[k].module
+        module.net.load_state_dict(member_state(self.net, k))
+        return module
+
     def unfuse(self) -> None:
         """Copies each member's trained values into its own ReproModule (evaluated and stored as a single run)."""
         for k, m in enumerate(self.members):
-            m.module.net.load_state_dict(member_state(self.net, k))
-            m.module.diverged_step = m.diverged_step
+            self.load_member(k).diverged_step = m.diverged_step
 
 
 def fused_steps(module: FusedModule, k: int, trainer) -> tuple[int, int]:

@@ -38,8 +38,7 @@ class Probes(pl.Callback):
         for i in active:
             module, splits, loggers = self.members[i]
             if fused:
-                from framework.fused import member_state
-                module.net.load_state_dict(member_state(pl_module.net, i))
+                module = pl_module.load_member(i)
             metrics = self.measure(i, module, splits, pl_module.device)
             for logger in loggers:
                 logger.log_metrics(metrics, step=step)

@@ -17,6 +17,7 @@ only from their logged numbers; framework/verdict.py judges it over the seeds.
 from __future__ import annotations
 
 import itertools
+import math
 from abc import ABC, abstractmethod
 import os
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -328,14 +330,26 @@ def _jsonable(v):
 
 
 def pick(runs: pd.DataFrame, **axes) -> pd.Series | None:
-    """The one run with these grid-axis values (None when the grid has no such run)."""
+    """The one run with these grid-axis values (None when the grid has no such run); floats match within
+    rounding (a value read back from runs.csv)."""
     mask = pd.Series(True, index=runs.index)
     for key, value in axes.items():
         if key not in runs.columns:
             return None
-        mask &= runs[key] == value
+        mask &= np.isclose(runs[key].astype(float), value) if isinstance(value, float) else runs[key] == value
     hits = runs[mask]
     return hits.iloc[0] if len(hits) else None
+
+
+def fewest_steps(rows: pd.DataFrame) -> tuple[float, float]:
+    """Over a learning-rate grid: the fewest steps to target (the runs' steps_to_target) and that learning rate;
+    (inf, nan) when no finished run reached the target."""
+    reached = rows[rows["status"].eq("done") & rows["steps_to_target"].notna()] if "steps_to_target" in rows else \
+        rows.iloc[:0]
+    if not len(reached):
+        return math.inf, math.nan
+    best = reached.loc[reached["steps_to_target"].astype(float).idxmin()]
+    return float(best["steps_to_target"]), float(best["cfg.optim.lr"])
 
 
 def loss_reduction(row: pd.Series | None) -> float:
