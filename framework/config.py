@@ -60,11 +60,14 @@ class ModelConfig:
     init: str = "default"           # registry: framework.models.INITS
     init_std: float = 0.01          # init=normal
     init_value: float = 0.0         # init=constant
+    init_gain: float = 1.0          # init=fan_in: weights N(0, init_gain / fan_in) (1: LeCun's 1/n, 2: He's 2/n)
 
 
 @dataclass
 class LossConfig:
     name: str = "cross_entropy"     # registry: framework.losses.LOSSES
+    l2: float = 0.0                 # >0: 1/2 l2 ||theta||^2 over every parameter added to the training loss (an L2
+                                    # penalty, differentiated by autograd; the logged losses leave it out)
 
 
 @dataclass
@@ -122,6 +125,8 @@ class DiagnosticsConfig:
     power_iters: int = 20           # power iterations per sharpness probe (warm-started from the last vector)
     variance_batches: list[int] = field(default_factory=list)  # batch sizes B at which E|g_B - G|^2 is measured
                                     # directly (VARIANCE_DRAWS minibatches each, G the probe set's full gradient)
+    probe_test: bool = False        # also the whole validation and test splits' loss and error at each probe
+                                    # (probe/val_loss, probe/val_error, probe/test_loss, probe/test_error)
     target_loss: float = 0.0        # >0: summary's steps_to_target, the first step the probe loss (else the
                                     # minibatch loss, mean of 5 logged values) is at or below this
 

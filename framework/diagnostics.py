@@ -1,6 +1,8 @@
 """Training diagnostics every N steps: per-layer weight-gradient and weight norms, and per hidden layer the
 back-propagated gradient norm ||dL/da|| (Glorot & Bengio 2010, Fig. 7; He et al. 2015, Eq. 14), the activation
-variance Var(a) (Glorot & Bengio, Fig. 6; He et al., Eq. 10) and the saturated fraction of units.
+variance Var(a) (Glorot & Bengio, Fig. 6; He et al., Eq. 10), the saturated fraction of units, and how far a
+layer's units are from being copies of one another (unit_spread: the largest difference between a unit's incoming
+weights and the first unit's; 0 while a symmetric initialisation is unbroken).
 
 Scalars go to the loggers that take many keys (W&B); the layer x step matrix is kept for figures and saved
 to the run store. Norms are measured after backward and before the optimizer step (and before clipping).
@@ -67,10 +69,11 @@ class Diagnostics(pl.Callback):
         per_member = lambda t: t.reshape(k, -1).norm(dim=1)  # noqa: E731 - one norm per member
         grads = [nan if layer.weight.grad is None else per_member(layer.weight.grad) for layer in self._layers]
         weights = [per_member(layer.weight.detach()) for layer in self._layers]
+        spreads = [unit_spread(layer.weight.detach(), k) for layer in self._layers]
         acts = sorted(self._saturation)
         act_grads = [self._act_grad.get(i, nan) for i in acts]
         values = torch.stack([*grads, *weights, *(self._saturation[i] for i in acts),
-                              *(self._act_var[i] for i in acts), *act_grads]).T.tolist()
+                              *(self._act_var[i] for i in acts), *act_grads, *spreads]).T.tolist()
         n, a = len(self._layers), len(acts)
         active = [i for i in range(k)] if k == 1 else pl_module.active
         for member in active:
@@ -78,12 +81,13 @@ class Diagnostics(pl.Callback):
             grad_norm, weight_norm = v[:n], v[n:2 * n]
             saturation = dict(zip(acts, v[2 * n:2 * n + a]))
             act_var = dict(zip(acts, v[2 * n + a:2 * n + 2 * a]))
-            act_grad = dict(zip(acts, v[2 * n + 2 * a:]))
+            act_grad = dict(zip(acts, v[2 * n + 2 * a:2 * n + 3 * a]))
+            spread = v[2 * n + 3 * a:]
             scalars = {}
             for i in range(n):
                 row = {"step": step, "layer": i, "grad_norm": grad_norm[i], "weight_norm": weight_norm[i],
                        "saturation": saturation.get(i, float("nan")), "act_var": act_var.get(i, float("nan")),
-                       "act_grad_norm": act_grad.get(i, float("nan"))}
+                       "act_grad_norm": act_grad.get(i, float("nan")), "unit_spread": spread[i]}
                 self.rows.append({**row, "member": member})
                 scalars[f"grad_norm/layer_{i:02d}"] = row["grad_norm"]
                 scalars[f"weight_norm/layer_{i:02d}"] = row["weight_norm"]
@@ -116,3 +120,10 @@ class Diagnostics(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self._remove_hooks()
+
+
+def unit_spread(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """max |w_u - w_0| over a layer's units u (rows of a linear layer, output channels of a conv), per member.
+    A fused layer's weight stacks its members on dim 0: (K, out, ...); an unfused one is (out, ...)."""
+    rows = weight.reshape(k, weight.shape[1] if k > 1 else weight.shape[0], -1)
+    return (rows - rows[:, :1]).abs().amax(dim=(1, 2))

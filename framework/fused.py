@@ -23,7 +23,7 @@ from torch import nn
 from framework.data import TensorBatches
 from framework.fused_optim import MemberOptimizer
 from framework.losses import LOSSES
-from framework.optim import effective_lr, lr_factor
+from framework.optim import effective_lr, lr_factor, optimizer_decay
 from framework.registry import UserError
 
 
@@ -258,6 +258,7 @@ class FusedModule(pl.LightningModule):
         self._peak = [effective_lr(c.optim, c.data.batch_size) for c in self.cfgs]
         self._clip = torch.tensor([c.trainer.gradient_clip for c in self.cfgs])
         self._any_clip = bool((self._clip > 0).any())
+        self._l2 = torch.tensor([c.loss.l2 for c in self.cfgs]) if any(c.loss.l2 for c in self.cfgs) else None
 
     def _total_steps(self, c) -> int:
         return c.trainer.max_steps if c.trainer.max_steps > 0 else self.steps_per_epoch * c.trainer.max_epochs
@@ -303,6 +304,9 @@ class FusedModule(pl.LightningModule):
             self._check_divergence(after_step=True)
         optimizer.optimizer.set_lr(lrs)
         optimizer.zero_grad(set_to_none=True)
+        if self._l2 is not None:  # each member's own 1/2 l2 ||theta||^2, as its lone run adds it
+            l2 = self._l2.to(losses.device)
+            losses = losses + 0.5 * l2 * sum(p.reshape(self.k, -1).pow(2).sum(1) for p in self.net.parameters())
         self.manual_backward(losses.sum())
         if self._any_clip:
             self._clip_per_member()
@@ -408,7 +412,8 @@ class FusedModule(pl.LightningModule):
         names = {o.name for o in c}
         if len(names) > 1:
             raise ValueError(f"fusion: one optimizer a group, got {sorted(names)}")
-        hparams = {k: [getattr(o, k) for o in c] for k in ("momentum", "weight_decay", "beta1", "beta2", "eps")}
+        hparams = {k: [getattr(o, k) for o in c] for k in ("momentum", "beta1", "beta2", "eps")}
+        hparams["weight_decay"] = [optimizer_decay(o, lr) for o, lr in zip(c, self._peak)]
         return MemberOptimizer(self.parameters(), c[0].name, hparams, self._peak)
 
     def on_save_checkpoint(self, checkpoint):

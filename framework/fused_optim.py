@@ -115,6 +115,7 @@ def adam_foreach(params, grads, states, h, decoupled=False) -> list[torch.Tensor
 FOREACH = {"sgd": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, {**h, "momentum": h["zero"]}),
            "momentum": sgd_foreach, "nesterov": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, h, True),
            "adam": adam_foreach, "adamw": lambda ps, gs, ss, h: adam_foreach(ps, gs, ss, h, decoupled=True)}
+FOREACH["adamw_decoupled"] = FOREACH["adamw"]  # its weight_decay arrives as torch's (framework.optim.optimizer_decay)
 
 
 FUSED_OPTIMIZERS.register("sgd")((("weight_decay",), lambda p, g, s, h: _sgd(p, g, s, {**h, "momentum": h["zero"]})))
@@ -123,6 +124,7 @@ FUSED_OPTIMIZERS.register("nesterov")((("momentum", "weight_decay"), lambda p, g
 FUSED_OPTIMIZERS.register("adam")((("beta1", "beta2", "eps", "weight_decay"), _adam))
 FUSED_OPTIMIZERS.register("adamw")((("beta1", "beta2", "eps", "weight_decay"),
                                     lambda p, g, s, h: _adam(p, g, s, h, decoupled=True)))
+FUSED_OPTIMIZERS.register("adamw_decoupled")(FUSED_OPTIMIZERS.get("adamw", "optim.name"))
 FUSED_OPTIMIZERS.register("rmsprop")((("momentum", "eps", "weight_decay"), _rmsprop))
 FUSED_OPTIMIZERS.register("adagrad")((("eps", "weight_decay"), _adagrad))
 

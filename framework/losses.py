@@ -46,3 +46,11 @@ def squared(n_classes: int):
         per_row = 0.5 * (out - _targets(out, y)).pow(2).sum(1)
         return per_row.mean() if reduction == "mean" else per_row
     return loss
+
+
+@LOSSES.register("sigmoid_mse")
+def sigmoid_mse(n_classes: int):
+    """Squared error of sigmoid outputs against one-hot targets, (sigmoid(out) - y)^2 averaged over outputs: the
+    loss whose gradient a saturated sigmoid output multiplies by sigma' ~ 0 (Glorot & Bengio 2010, Sec. 4.2);
+    bce is its cross-entropy counterpart on the same outputs."""
+    return lambda out, y, reduction="mean": F.mse_loss(torch.sigmoid(out), _targets(out, y), reduction=reduction)

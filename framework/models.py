@@ -55,6 +55,14 @@ def _init_he(layer, cfg):
     _zero_bias(layer)
 
 
+@INITS.register("fan_in")
+def _init_fan_in(layer, cfg):
+    """N(0, gain / fan_in): gain 1 is LeCun's 1/n, 2 is He's (kaiming_normal_), 4 doubles the variance a layer."""
+    fan_in = layer.weight[0].numel()
+    nn.init.normal_(layer.weight, std=(cfg.init_gain / fan_in) ** 0.5)
+    _zero_bias(layer)
+
+
 @INITS.register("normal")
 def _init_normal(layer, cfg):
     nn.init.normal_(layer.weight, std=cfg.init_std)

@@ -67,6 +67,8 @@ class ReproModule(pl.LightningModule):
                                             self._first_nonfinite, self.global_step)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self._log_step(detached)
+        if self.cfg.loss.l2:  # L2 in the loss (Loshchilov & Hutter 2019, Sec. 2), left out of the logged loss
+            loss = loss + 0.5 * self.cfg.loss.l2 * sum(p.pow(2).sum() for p in self.net.parameters())
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)

@@ -2,7 +2,7 @@
 
 Runs fuse when everything but their per-member settings is equal (MEMBER_KEYS: seed, data split seed (each
 member builds its own splits; their sizes are equal because the split fractions are), optimizer
-hyperparameters, schedule, label noise, input corruption, initialisation, dropout rate, gradient clipping,
+hyperparameters, schedule, label noise, input corruption, initialisation, dropout rate, L2 penalty, gradient clipping,
 early-stop threshold) and their nets have the same structure (runs that stop early fuse with their seeds only); a group holds at most `fuse_max` runs and no more
 than a share of the machine's memory. Fusion never enters a run's identity: the plan only decides how the
 runs are executed.
@@ -23,7 +23,7 @@ MEMORY_SHARE = 0.5  # of the machine's (or GPU's) memory, for one group's weight
 MEMBER_KEYS = ("seed", "data.split_seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
                "optim.base_batch_size", "schedule.", "data.label_noise", "data.corruption", "data.condition", "data.noise",
                "data.feature_scale", "data.standardise", "model.init",
-               "model.dropout", "trainer.stop_at_train_acc", "trainer.gradient_clip")
+               "model.dropout", "loss.l2", "trainer.stop_at_train_acc", "trainer.gradient_clip")
 
 
 def _member_key(key: str) -> bool:

@@ -1,11 +1,12 @@
 """Probes every diagnostics.probe_every steps, measured before that step's update on a fixed probe set (the
 first diagnostics.probe_samples training samples) with the net in eval mode (batch norm's running statistics,
 no dropout): the probe-set loss, and when asked the gradient noise scale B_simple (framework/gradstats.py) and
-the top Hessian eigenvalue (framework/curvature.py), and the minibatch gradient's variance E|g_B - G|^2 at the
-batch sizes diagnostics.variance_batches.
+the top Hessian eigenvalue (framework/curvature.py), the minibatch gradient's variance E|g_B - G|^2 at the
+batch sizes diagnostics.variance_batches, and with diagnostics.probe_test the whole validation and test splits'
+loss and error.
 
 Each probe is a scalar per member, logged to the member's loggers (metrics.csv and W&B) as probe/loss,
-probe/noise_scale, probe/grad_sq, probe/trace_cov, probe/sharpness and probe/minibatch_var@B. A fused group (framework/fused.py) is
+probe/noise_scale, probe/grad_sq, probe/trace_cov, probe/sharpness, probe/minibatch_var@B and probe/{val,test}_{loss,error}. A fused group (framework/fused.py) is
 probed member by member: each member's weights are copied into its own net, which is probed as an unfused run's
 would be. Probes draw from their own generator, never from the training's random streams, so turning them on
 changes no trained number.
@@ -62,6 +63,14 @@ class Probes(pl.Callback):
         try:
             with torch.no_grad():
                 out = {"probe/loss": float(loss_fn(net(x), y))}
+            if self.cfg.probe_test:  # held-out curves at the probe's step (early stopping, Prechelt 1998)
+                for split in ("val", "test"):
+                    xs, ys = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
+                    if len(xs):
+                        r = module.to(device).evaluate(xs, ys)
+                        out[f"probe/{split}_loss"] = r["loss"]
+                        if "error" in r:
+                            out[f"probe/{split}_error"] = r["error"]
             if self.cfg.noise_scale:
                 m = gradient_moments(net, loss_fn, x, y)
                 out.update({"probe/noise_scale": m["noise_scale"], "probe/grad_sq": m["grad_sq_unbiased"],
