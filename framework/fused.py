@@ -23,7 +23,7 @@ from torch import nn
 from framework.data import TensorBatches
 from framework.fused_optim import MemberOptimizer
 from framework.losses import LOSSES
-from framework.optim import effective_lr, lr_factor, optimizer_decay
+from framework.optim import effective_lr, lr_factor
 from framework.registry import UserError
 
 
@@ -106,18 +106,33 @@ class FusedBatchNorm(nn.Module):
 
 
 class FusedDropout(nn.Module):
-    """Each member's own rate; the masks are drawn together, so they differ from an unfused run's draws."""
+    """Each member's own rate and mask. On the CPU each member draws its mask from its own generator, started
+    where its lone run's global generator stands when training starts (`generators`, shared by all of a member's
+    dropout layers, which draw in the lone run's order), with the op nn.Dropout uses (bernoulli_ of 1 - p): the
+    masks, and so the run, are its lone run's bit for bit. Elsewhere (CUDA's dropout is a fused kernel with its
+    own stream) the masks are drawn together: each member's are as random, not its lone run's."""
 
     def __init__(self, layers: list[nn.Dropout]):
         super().__init__()
         self.k = len(layers)
         self.register_buffer("p", torch.tensor([m.p for m in layers]), persistent=False)
+        self.rates = [float(m.p) for m in layers]
+        self.generators: list[torch.Generator] | None = None  # set by FusedModule
 
     def forward(self, x):
         if not self.training:
             return x
-        p = self.p.repeat_interleave(x.shape[0] // self.k).view(-1, *([1] * (x.dim() - 1)))
-        return x * (torch.rand_like(x) >= p) / (1 - p)
+        if self.generators is None or x.device.type != "cpu":
+            p = self.p.repeat_interleave(x.shape[0] // self.k).view(-1, *([1] * (x.dim() - 1)))
+            return x * (torch.rand_like(x) >= p) / (1 - p)
+        rows = x.reshape(self.k, -1, *x.shape[1:])
+        out = []
+        for i, (p, g) in enumerate(zip(self.rates, self.generators)):
+            if p == 1:
+                out.append(torch.zeros_like(rows[i]))
+            else:  # torch's dropout on the CPU: input * (bernoulli(1 - p) / (1 - p))
+                out.append(rows[i] * torch.empty_like(rows[i]).bernoulli_(1 - p, generator=g).div_(1 - p))
+        return torch.cat(out)
 
 
 FUSED_LAYERS = {nn.Linear: FusedLinear, nn.Conv2d: FusedConv2d, nn.BatchNorm1d: FusedBatchNorm,
@@ -259,6 +274,13 @@ class FusedModule(pl.LightningModule):
         self._clip = torch.tensor([c.trainer.gradient_clip for c in self.cfgs])
         self._any_clip = bool((self._clip > 0).any())
         self._l2 = torch.tensor([c.loss.l2 for c in self.cfgs]) if any(c.loss.l2 for c in self.cfgs) else None
+        # each member's dropout stream, where its lone run's global generator stands after building its net
+        self._dropout = [m for m in self.net.modules() if isinstance(m, FusedDropout)]
+        states = [getattr(m, "rng_after_build", None) for m in members]
+        if self._dropout and all(s is not None for s in states):
+            generators = [torch.Generator().set_state(s) for s in states]
+            for d in self._dropout:
+                d.generators = generators
 
     def _total_steps(self, c) -> int:
         return c.trainer.max_steps if c.trainer.max_steps > 0 else self.steps_per_epoch * c.trainer.max_epochs
@@ -412,16 +434,20 @@ class FusedModule(pl.LightningModule):
         names = {o.name for o in c}
         if len(names) > 1:
             raise ValueError(f"fusion: one optimizer a group, got {sorted(names)}")
-        hparams = {k: [getattr(o, k) for o in c] for k in ("momentum", "beta1", "beta2", "eps")}
-        hparams["weight_decay"] = [optimizer_decay(o, lr) for o, lr in zip(c, self._peak)]
+        hparams = {k: [getattr(o, k) for o in c] for k in ("momentum", "weight_decay", "beta1", "beta2", "eps")}
         return MemberOptimizer(self.parameters(), c[0].name, hparams, self._peak)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["members"] = [m.state() for m in self.members]
+        if self._dropout and self._dropout[0].generators is not None:
+            checkpoint["dropout_generators"] = [g.get_state() for g in self._dropout[0].generators]
 
     def on_load_checkpoint(self, checkpoint):
         for m, state in zip(self.members, checkpoint.get("members", [])):
             m.load(state)
+        if self._dropout and self._dropout[0].generators is not None:
+            for g, state in zip(self._dropout[0].generators, checkpoint.get("dropout_generators", [])):
+                g.set_state(state)
 
     def load_member(self, k: int):
         """Member k's ReproModule with the fused net's current values for it (to evaluate or probe it alone)."""

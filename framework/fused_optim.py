@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from framework.optim import torch_decay
 from framework.registry import Registry
 
 # name -> (hyperparameters it reads from OptimConfig, its update rule)
@@ -115,7 +116,7 @@ def adam_foreach(params, grads, states, h, decoupled=False) -> list[torch.Tensor
 FOREACH = {"sgd": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, {**h, "momentum": h["zero"]}),
            "momentum": sgd_foreach, "nesterov": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, h, True),
            "adam": adam_foreach, "adamw": lambda ps, gs, ss, h: adam_foreach(ps, gs, ss, h, decoupled=True)}
-FOREACH["adamw_decoupled"] = FOREACH["adamw"]  # its weight_decay arrives as torch's (framework.optim.optimizer_decay)
+FOREACH["adamw_decoupled"] = FOREACH["adamw"]  # with torch's weight_decay (MemberOptimizer converts it)
 
 
 FUSED_OPTIMIZERS.register("sgd")((("weight_decay",), lambda p, g, s, h: _sgd(p, g, s, {**h, "momentum": h["zero"]})))
@@ -130,13 +131,16 @@ FUSED_OPTIMIZERS.register("adagrad")((("eps", "weight_decay"), _adagrad))
 
 
 class MemberOptimizer(torch.optim.Optimizer):
-    """One optimizer over stacked parameters with per-member hyperparameters (`hparams`: name -> (K,) values)
-    and per-member learning rates, set each step with `set_lr`. `active`: (K,) bool, False freezes a member."""
+    """One optimizer over stacked parameters with per-member hyperparameters (`hparams`: name -> (K,) values, as
+    OptimConfig states them) and per-member peak learning rates `lr`, set each step with `set_lr`. `active`: (K,)
+    bool, False freezes a member."""
 
     def __init__(self, params, name: str, hparams: dict[str, list[float]], lr: list[float]):
         keys, self.rule = FUSED_OPTIMIZERS.get(name, "optim.name")
         self.foreach = FOREACH.get(name)
         k = len(lr)
+        hparams = {**hparams, "weight_decay": [torch_decay(name, wd, peak) for wd, peak in
+                                               zip(hparams.get("weight_decay", [0.0] * k), lr)]}
         defaults = {key: torch.tensor(hparams[key], dtype=torch.float32) for key in keys}
         defaults.update(lr=torch.tensor(lr, dtype=torch.float32), active=torch.ones(k, dtype=torch.bool),
                         zero=torch.zeros(k))

@@ -25,19 +25,19 @@ _register("adamw", lambda p, c, lr: torch.optim.AdamW(p, lr=lr, betas=(c.beta1, 
                                                       weight_decay=c.weight_decay))
 # Loshchilov & Hutter 2019's AdamW (Algorithm 2): theta <- theta - eta_t (alpha adam_step + lambda theta), the decay
 # scaled by the schedule multiplier eta_t only. torch's AdamW scales it by the learning rate alpha eta_t, so it gets
-# lambda / alpha (optimizer_decay): the same update, with optim.weight_decay meaning the paper's lambda.
+# lambda / alpha (torch_decay): the same update, with optim.weight_decay meaning the paper's lambda.
 _register("adamw_decoupled", lambda p, c, lr: torch.optim.AdamW(p, lr=lr, betas=(c.beta1, c.beta2), eps=c.eps,
-                                                                weight_decay=optimizer_decay(c, lr)))
+                                                                weight_decay=torch_decay(c.name, c.weight_decay, lr)))
 _register("rmsprop", lambda p, c, lr: torch.optim.RMSprop(p, lr=lr, eps=c.eps, momentum=c.momentum,
                                                           weight_decay=c.weight_decay))
 _register("adagrad", lambda p, c, lr: torch.optim.Adagrad(p, lr=lr, eps=c.eps, weight_decay=c.weight_decay))
 
 
-def optimizer_decay(optim_cfg, lr: float) -> float:
-    """The weight_decay torch's rule gets for optim.weight_decay at peak learning rate lr."""
-    if optim_cfg.name == "adamw_decoupled" and optim_cfg.weight_decay:
-        return optim_cfg.weight_decay / lr
-    return optim_cfg.weight_decay
+def torch_decay(name: str, weight_decay: float, lr: float) -> float:
+    """The weight_decay torch's update rule gets for optim.weight_decay at peak learning rate lr."""
+    if name == "adamw_decoupled" and weight_decay:
+        return weight_decay / lr
+    return weight_decay
 
 
 def effective_lr(optim_cfg, batch_size: int) -> float:

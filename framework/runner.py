@@ -312,6 +312,7 @@ def _build(members: list[Member], store: RunStore, scale: str) -> tuple:
             splits_cache[key] = build_splits(m.cfg.data)
         m.splits = splits_cache[key]
         m.module = build_module(m.cfg, m.splits)
+        m.module.rng_after_build = torch.get_rng_state()  # where a lone run's dropout draws start (fused.FusedDropout)
         datamodules.append(TensorDataModule(m.splits, m.cfg.data, m.cfg.seed))
         run_dir = store.run_dir(m.exp, m.run_id)
         m.loggers = [CSVLogger(save_dir=str(run_dir), name="", version="lightning")]

@@ -28,6 +28,7 @@ def smoke(name, tmp_path_factory, *overrides):
         frame.attrs["axes"] = [a for a in ("model.depth", "model.activation", "arch", "condition", "model.width",
                                            "problem", "optimizer", "rule", "data.batch_size", "optim.lr")
                                if a in frame.columns]
+        frame.attrs["axes"] += [a for a in ("part", "scheme", "model.dropout") if a in frame.columns]
         SMOKE[key] = (recipe, store, frame, verdict, root)
     return SMOKE[key]
 
@@ -49,7 +50,8 @@ def edit(frame, where: dict, **values):
 
 
 @pytest.mark.parametrize("name", ["random_labels", "double_descent", "lr_scaling", "adam_vs_sgd", "step_size",
-                                  "gradient_noise", "sgd_temperature"])
+                                  "gradient_noise", "sgd_temperature", "initialisation", "edge_of_stability",
+                                  "regularisation"])
 def test_smoke_suite_runs_for_real(name, tmp_path_factory):
     recipe, store, frame, verdict, root = smoke(name, tmp_path_factory)
     assert verdict["experiment"] == name and verdict["scale"] == "smoke" and verdict["claims"]
@@ -299,7 +301,8 @@ ACC_TOL = 0.1
 
 
 @pytest.mark.parametrize("name", ["vanishing_gradients", "random_labels", "double_descent", "lr_scaling",
-                                  "adam_vs_sgd", "step_size", "gradient_noise", "sgd_temperature"])
+                                  "adam_vs_sgd", "step_size", "gradient_noise", "sgd_temperature",
+                                  "initialisation", "edge_of_stability", "regularisation"])
 def test_fused_suite_equals_the_suite_run_one_by_one(name, tmp_path_factory):
     """The smoke suites above ran with fusion on (the default; a config's two seeds train in one group); here
     each suite's seed-0 runs train again one run at a time (seed 1 is left out to halve the cost: the seed-0

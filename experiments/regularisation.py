@@ -1,0 +1,166 @@
+"""Regularisation: L2 in the loss against weight decay (Loshchilov & Hutter 2019, "Decoupled weight decay
+regularization", Sec. 2-3 and Fig. 2), early stopping under label noise (Prechelt 1998, "Early stopping - but
+when?"; Arpit et al. 2017) and dropout (Srivastava et al. 2014, Sec. 6-7; the lecture notes' L2 vs weight decay,
+dropout and early stopping).
+
+Claims, each measured on every seed:
+1. For SGD, L2 in the loss and weight decay give the same trajectory: the largest relative difference of the two
+   runs' training losses over 100 steps is below SAME (float32 rounding: L&H Prop. 1 is an identity).
+2. For Adam they do not: the same difference between Adam with L2 in the loss and decoupled decay at the same
+   per-step decay is above DIFFERENT (L&H Prop. 2: no decay coefficient makes them equal).
+3. Over the lr x decay grid, the best decay of L&H's AdamW (decay eta_t lambda per step, the schedule multiplier
+   only) moves by at most a decade across learning rates: the spread, log10 of the largest over the smallest best
+   decay (best: lowest validation loss at the end), lies in [0, 1] (L&H Fig. 2; the notes' protocol).
+4. ... and by less than Adam + L2's: Adam + L2's spread minus AdamW's is above 0 (L&H Sec. 3, Fig. 2).
+5. With 20% label noise the validation loss has an interior minimum: the final validation loss is above the
+   curve's minimum by more than RISE (log10 of the ratio) (Prechelt 1998; Arpit et al. 2017, Sec. 5).
+6. Early stopping pays: the test error at the validation loss's minimum is below the final test error
+   (final - early-stopped, above 0) (Prechelt 1998).
+7. Dropout 0.5 raises the training loss: log10 of the dropout net's over the plain net's final training loss
+   (evaluated without dropout) is above 0 (Srivastava et al. 2014, Sec. 7.2).
+8. ... and narrows the train-test gap: the plain net's gap (test error - training error) minus the dropout net's
+   is above 0 (Srivastava et al. 2014, Fig. 4 and Sec. 6).
+Claims 5-8 share one setup, the notes' 20% label noise: the training error is against the noisy labels.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments import RECIPES
+from framework.plots import save, sns_setup
+from framework.recipe import Recipe, history, pick
+from framework.verdict import Claim, above, below, within
+
+SAME = 1e-5        # relative loss difference that float32 rounding leaves over 100 steps (measured: ~1e-7)
+DIFFERENT = 1e-3   # a hundred times SAME: a difference no rounding explains
+RISE = math.log10(1.05)  # the final validation loss 5% above the minimum: past the noise of a 270-sample split
+
+
+def loss_path(store, experiment: str, row) -> pd.Series:
+    if row is None or row["status"] != "done":
+        return pd.Series(dtype=float)
+    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    return m.dropna(subset=["train/loss"]).set_index("step")["train/loss"] if "train/loss" in m else pd.Series(
+        dtype=float)
+
+
+def max_relative_gap(a: pd.Series, b: pd.Series) -> float:
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+    return float(((both["a"] - both["b"]).abs() / both["b"].abs()).max()) if len(both) else math.nan
+
+
+def decay_of(row) -> float:
+    """A grid run's decay coefficient: its L2 lambda (Adam + L2) or its decoupled lambda (AdamW)."""
+    return float(row["cfg.loss.l2"] if row["rule"] == "adam_l2" else row["cfg.optim.weight_decay"])
+
+
+def best_decays(rows: pd.DataFrame) -> dict[str, float]:
+    """Per learning rate, the decay with the lowest final validation loss (nan where a run is missing)."""
+    out = {}
+    for lr, at_lr in rows.groupby("cfg.optim.lr"):
+        done = at_lr[at_lr["status"] == "done"]
+        out[f"{lr:g}"] = decay_of(done.loc[done["val_loss"].astype(float).idxmin()]) if len(done) == len(at_lr) \
+            and len(done) else math.nan
+    return out
+
+
+def spread(best: dict[str, float]) -> float:
+    values = list(best.values())
+    return math.log10(max(values) / min(values)) if values and not any(map(math.isnan, values)) else math.nan
+
+
+def early_stopping(store, experiment: str, row) -> dict:
+    """From the probes' held-out curves: the validation loss's minimum and the test error there, against the end."""
+    nan = {"val_rise": math.nan, "early_test_error": math.nan, "final_test_error": math.nan, "best_step": None}
+    if row is None or row["status"] != "done":
+        return nan
+    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    if "probe/val_loss" not in m:
+        return nan
+    p = m.dropna(subset=["probe/val_loss"]).reset_index(drop=True)
+    best = p["probe/val_loss"].idxmin()
+    return {"val_rise": math.log10(float(row["val_loss"]) / float(p["probe/val_loss"].min())),
+            "early_test_error": float(p.loc[best, "probe/test_error"]), "final_test_error": float(row["test_error"]),
+            "best_step": int(p.loc[best, "step"]), "min_val_loss": float(p["probe/val_loss"].min()),
+            "final_val_loss": float(row["val_loss"])}
+
+
+@RECIPES.register("regularisation")
+class Regularisation(Recipe):
+    name = "regularisation"
+    title = "Regularisation: L2 against weight decay, the lr x decay grid, early stopping and dropout"
+    papers = ["Loshchilov & Hutter 2019", "Prechelt 1998", "Srivastava et al. 2014", "Arpit et al. 2017"]
+
+    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
+        traj = runs[runs["part"] == "trajectory"]
+        paths = {r["rule"]: loss_path(store, self.name, r) for _, r in traj.iterrows()}
+        empty = pd.Series(dtype=float)
+        sgd_gap = max_relative_gap(paths.get("sgd_l2", empty), paths.get("sgd_decay", empty))
+        adam_gap = max_relative_gap(paths.get("adam_l2", empty), paths.get("adam_decoupled", empty))
+
+        grid = runs[runs["part"] == "grid"]
+        best = {rule: best_decays(grid[grid["rule"] == rule]) for rule in ("adam_l2", "adamw")}
+        spreads = {rule: spread(b) for rule, b in best.items()}
+
+        noisy = runs[runs["part"] == "noisy"]
+        plain, dropped = pick(noisy, **{"model.dropout": 0.0}), pick(noisy, **{"model.dropout": 0.5})
+        stop = early_stopping(store, self.name, plain)
+        finished = plain is not None and dropped is not None and plain["status"] == dropped["status"] == "done"
+        raised = math.log10(float(dropped["train_loss"]) / float(plain["train_loss"])) if finished else math.nan
+        gaps = {name: float(r["test_error"]) - float(r["train_error"]) if finished else math.nan
+                for name, r in (("plain", plain), ("dropout", dropped))}
+        return [
+            Claim("For SGD, L2 in the loss and weight decay give the same trajectory", "Loshchilov & Hutter 2019, Prop. 1",
+                  "max over 100 steps of |L_l2 - L_decay| / L_decay (SGD, lr 0.1, lambda 0.1)", sgd_gap, below(SAME)),
+            Claim("For Adam, L2 in the loss and decoupled weight decay do not", "Loshchilov & Hutter 2019, Prop. 2",
+                  "max over 100 steps of |L_l2 - L_decoupled| / L_decoupled (Adam, lr 0.001, per-step decay 1e-4)",
+                  adam_gap, above(DIFFERENT), {"sgd_pair": sgd_gap}),
+            Claim("AdamW's best weight decay moves by at most a decade across learning rates",
+                  "Loshchilov & Hutter 2019, Fig. 2 (decay eta_t lambda, as Algorithm 2 defines it)",
+                  "log10 largest / smallest best decay (lowest validation loss) across the grid's learning rates",
+                  spreads["adamw"], within(0.0, 1.0), {"best_decay_by_lr": best}),
+            Claim("... and by less than Adam + L2's", "Loshchilov & Hutter 2019, Sec. 3 and Fig. 2",
+                  "spread of Adam + L2's best decay minus AdamW's (decades)", spreads["adam_l2"] - spreads["adamw"],
+                  above(0.0), {"spread_decades": spreads, "best_decay_by_lr": best}),
+            Claim("With label noise the validation loss has an interior minimum", "Prechelt 1998; Arpit et al. 2017",
+                  "log10 final validation loss / its minimum over training (20% noisy labels)", stop["val_rise"],
+                  above(RISE), stop),
+            Claim("Early stopping at that minimum beats the final test error", "Prechelt 1998",
+                  "final test error - test error at the validation loss's minimum",
+                  stop["final_test_error"] - stop["early_test_error"], above(0.0), stop),
+            Claim("Dropout raises the training loss", "Srivastava et al. 2014, Sec. 7.2",
+                  "log10 final training loss, dropout 0.5 / none (evaluated without dropout)", raised, above(0.0),
+                  {"train_loss": {"plain": plain["train_loss"] if finished else None,
+                                  "dropout": dropped["train_loss"] if finished else None}}),
+            Claim("... and narrows the train-test gap", "Srivastava et al. 2014, Sec. 6 and Fig. 4",
+                  "(test error - training error) without dropout minus with dropout 0.5",
+                  gaps["plain"] - gaps["dropout"], above(0.0), gaps),
+        ]
+
+    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+        sns, plt = sns_setup()
+        fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+        grid = runs[(runs["part"] == "grid") & (runs["status"] == "done")].copy()
+        if len(grid):
+            grid["decay"] = [decay_of(r) for _, r in grid.iterrows()]
+            for ax, rule in zip(axes[:2], ("adam_l2", "adamw")):
+                cells = grid[grid["rule"] == rule].groupby(["cfg.optim.lr", "decay"])["val_loss"].mean().unstack()
+                if not cells.empty:
+                    sns.heatmap(cells, annot=True, fmt=".2f", cmap="viridis_r", ax=ax, cbar=False)
+                    ax.set(title=f"{'Adam + L2' if rule == 'adam_l2' else 'AdamW (eta_t lambda)'}: validation loss "
+                                 f"(seed mean)", xlabel="decay lambda", ylabel="learning rate")
+        noisy = runs[runs["part"] == "noisy"]
+        curves = history(noisy, store, self.name)
+        if not curves.empty and "probe/val_loss" in curves:
+            p = curves.dropna(subset=["probe/val_loss"]).copy()
+            p["dropout"] = p["model.dropout"].astype(str)
+            sns.lineplot(p, x="step", y="probe/val_loss", hue="dropout", errorbar=("pi", 100), ax=axes[2])
+            axes[2].set(yscale="log", title="20% label noise: validation loss (seed band)")
+            sns.lineplot(p, x="step", y="probe/test_error", hue="dropout", errorbar=("pi", 100), ax=axes[3])
+            axes[3].set(title="Test error over training")
+        fig.tight_layout()
+        return save(fig, outdir / "regularisation")
