@@ -106,6 +106,8 @@ def run(
     fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
     seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
+    workers: int = typer.Option(0, help="'all': this many recipes side by side, each in its own process (0: one per "
+                                        "CPU this process may use; 1: one after another)"),
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
     from framework.preemption import SIGNALS, Stop
@@ -115,6 +117,20 @@ def run(
         _check_fuse(fuse, fuse_max)
         seeding = _seed_options(seeds, seed_base)
         recipes, names = _recipes(), _names(experiment)
+        if workers < 0:
+            raise UserError(f"--workers: expected a whole number >= 0, got {workers}")
+        from framework.workers import default_workers
+        distributed = os.environ.get("WORLD_SIZE") or os.environ.get("LOCAL_RANK") or any(
+            o.split("=")[0] in ("trainer.devices", "trainer.strategy", "trainer.num_nodes") for o in overrides or [])
+        if len(names) > 1 and (workers or default_workers()) > 1 and not distributed:
+            for name in names:  # bad input ends the command here, before any process starts
+                recipes.get(name)().runs(scale, overrides or [], **seeding)
+            child = [*(overrides or []), *(["--scale", scale] if scale else []), *(["--force"] if force else []),
+                     "--runs-dir", str(runs_dir), "--reports-dir", str(reports_dir), "--fuse", fuse,
+                     "--fuse-max", str(fuse_max), *(["--seeds", str(seeds)] if seeds is not None else []),
+                     "--seed-base", str(seed_base), "--workers", "1"]
+            _run_side_by_side(names, child, reports_dir, scale, workers or default_workers())
+            return
         verdicts = []
         with SIGNALS.owned():  # for the whole command: between recipes too
             for name in names:
@@ -143,6 +159,48 @@ def run(
     if failed:
         err.print(f"{len(failed)} runs failed (retried on the next launch); exit status {EXIT_RUNS_FAILED}")
     if failed or broken:
+        raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, scale: Optional[str], workers: int):
+    """`run all` with `workers` recipes at once (framework/workers.py); the same verdict table, failures and exit
+    status as one after another."""
+    import time
+    from framework.workers import read_verdict, run_side_by_side
+    started = time.time()
+    codes, stop = run_side_by_side(names, lambda name: child, reports_dir / "logs", workers, console)
+    recipes = _recipes()
+    verdicts = []
+    for name in names:
+        recipe = recipes.get(name)()
+        v = read_verdict(recipe.report_dir(reports_dir, scale or recipe.default_scale()) / "verdict.json", started)
+        if v is not None:
+            verdicts.append(v)
+    if verdicts:
+        print_verdicts(verdicts)
+    for v in verdicts:
+        for f in v.get("failed", []):
+            err.print(escape(f"failed: {v['experiment']}/{f['run_id']} ({f['variant']}): {_one_line(f['error'])}"),
+                      highlight=False, soft_wrap=True)
+        if v.get("claims_error"):
+            err.print(escape(f"claims of {v['experiment']} not computed: {_one_line(v['claims_error'])}"),
+                      highlight=False, soft_wrap=True)
+    stopped = [c for c in codes.values() if c >= 128]
+    if stop is not None or stopped:
+        signum = stop or (stopped[0] - 128)
+        err.print(f"[bold yellow]stopped:[/] {len(names) - len(verdicts)} recipes did not finish; rerun the same "
+                  f"command to resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + signum)
+    bad = [n for n, c in codes.items() if c == EXIT_BAD_INPUT]
+    for name in bad:
+        err.print(f"{name}: bad input (see {reports_dir / 'logs' / (name + '.log')})", highlight=False)
+    if bad:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    others = [n for n, c in codes.items() if c not in (0, EXIT_RUNS_FAILED)]
+    for name in others:
+        err.print(f"{name}: exit status {codes[name]} (see {reports_dir / 'logs' / (name + '.log')})",
+                  highlight=False)
+    if others or any(c == EXIT_RUNS_FAILED for c in codes.values()):
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 
