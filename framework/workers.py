@@ -18,11 +18,12 @@ from pathlib import Path
 
 from framework.preemption import STOPS
 
-# Wall seconds each recipe took at its cpu scale on the 2-core reference machine (README): only the order in which
-# suites start (longest first keeps the workers evenly loaded); a recipe missing here starts last.
-CPU_SECONDS = {"vanishing_gradients": 200, "double_descent": 151, "adam_vs_sgd": 95, "regularisation": 91,
-               "step_size": 86, "random_labels": 82, "sgd_temperature": 77, "lr_scaling": 76, "gradient_noise": 74,
-               "edge_of_stability": 68, "initialisation": 61}
+# Wall seconds each recipe took at its cpu scale on the 2-core reference machine, two side by side (reports/
+# benchmarks.md): only the order in which suites start (longest first keeps the workers evenly loaded); a recipe
+# missing here starts last.
+CPU_SECONDS = {"vanishing_gradients": 204, "double_descent": 158, "adam_vs_sgd": 118, "step_size": 98,
+               "random_labels": 96, "regularisation": 90, "sgd_temperature": 85, "lr_scaling": 81, "gradient_noise": 77,
+               "edge_of_stability": 62, "initialisation": 62}
 
 
 def default_workers() -> int:

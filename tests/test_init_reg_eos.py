@@ -5,7 +5,6 @@ weight decay for SGD (alone and fused), fan_in draws N(0, g / n), and the held-o
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from framework.config import RunConfig, apply
 from framework.runner import train
 from framework.store import RunStore
 from tests.test_recipes import edit, smoke
-from tests.test_sgd_lessons import rows, write_metrics
+from tests.test_sgd_lessons import claim_follows_the_data, rows, write_metrics
 
 
 def _then(*edits):
@@ -209,21 +208,7 @@ CASES = [(name, i, hold, fail) for name, table in [("initialisation", INITIALISA
 
 @pytest.mark.parametrize("name, index, hold, fail", CASES, ids=[f"{c[0]}-claim{c[1] + 1}" for c in CASES])
 def test_claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path):
-    import sys
-    recipe, store, frame, verdict, _ = smoke(name, tmp_path_factory)
-    doc = sys.modules[type(recipe).__module__].__doc__
-    numbered = [line for line in doc.splitlines() if line[:2].strip().rstrip(".").isdigit()]
-    assert len(recipe.claims(frame, store)) == len(numbered), "every documented claim is computed, and no other"
-    for edit_with, expected, where in ((hold, "reproduced", "held"), (fail, "not reproduced", "failed")):
-        copy = RunStore(tmp_path / where)
-        shutil.copytree(store.root, copy.root)
-        edited, copy = edit_with(frame.copy(), copy)
-        edited.attrs = frame.attrs
-        got = recipe.claims(edited, copy)[index]
-        assert got["verdict"] == expected, got
-    again = recipe.claims(frame, store)[index]  # unedited: what the suite itself wrote
-    assert again["verdict"] == verdict["claims"][index]["verdict"]
-    assert again["per_seed"] == pytest.approx(verdict["claims"][index]["per_seed"], nan_ok=True)
+    claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path)
 
 
 # ---- the framework pieces ---------------------------------------------------------------------------------------
@@ -300,29 +285,27 @@ def test_l2_in_the_loss_is_weight_decay_for_sgd_alone_and_fused(tmp_path):
 
 
 def test_held_out_probes_log_what_evaluate_says(tmp_path):
+    """probe_test logs the whole validation and test splits' loss and error at every probe; the first probe
+    (step 0, before any update) equals what evaluate says of a net built as the run builds its own."""
+    import pytorch_lightning as pl
+    from framework.data import build_splits
+    from framework.module import build_module
+    values = {"model.width": 16, "trainer.max_epochs": 2, "diagnostics.probe_every": 5,
+              "diagnostics.probe_test": True, "diagnostics.probe_samples": 32}
     store = RunStore(tmp_path)
-    s = _run(store, **{"model.width": 16, "trainer.max_epochs": 2, "diagnostics.probe_every": 5,
-                       "diagnostics.probe_test": True, "diagnostics.probe_samples": 32})
+    s = _run(store, **values)
     m = store.read_frame("pieces", s["run_id"], "metrics.csv")
     probes = m.dropna(subset=["probe/test_error"])
     assert len(probes) >= 4 and {"probe/val_loss", "probe/val_error", "probe/test_loss"} <= set(m.columns)
     assert probes["probe/test_error"].between(0, 1).all() and (probes["probe/val_loss"] > 0).all()
-    # the first probe, before any update: the net at initialisation, whose whole-split numbers the summary has
-    # for the training split only; the held-out ones are recomputed here from a net built the same way
-    from framework.data import build_splits
-    from framework.module import build_module
-    from framework.recipe import row_config  # noqa: F401  (the frame's config is the run's)
-    cfg = apply(RunConfig(), {"experiment": "pieces", "tracking.mode": "disabled", "trainer.accelerator": "cpu",
-                              "data.name": "digits", "model.width": 16, "trainer.max_epochs": 2,
-                              "diagnostics.probe_every": 5, "diagnostics.probe_test": True,
-                              "diagnostics.probe_samples": 32})
-    import pytorch_lightning as pl
+    cfg = apply(RunConfig(), {"experiment": "pieces", "data.name": "digits", **values})
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     splits = build_splits(cfg.data)
     module = build_module(cfg, splits)
     first = probes.iloc[0]
     assert first["step"] == 0
     assert first["probe/test_loss"] == pytest.approx(module.evaluate(splits.x_test, splits.y_test)["loss"], rel=1e-6)
+    assert first["probe/val_error"] == pytest.approx(module.evaluate(splits.x_val, splits.y_val)["error"], abs=1e-9)
 
 
 def test_unit_spread_is_zero_under_constant_init_and_not_otherwise(tmp_path):

@@ -182,6 +182,12 @@ CASES = [(name, i, hold, fail) for name, table in [("step_size", STEP_SIZE), ("g
 
 @pytest.mark.parametrize("name, index, hold, fail", CASES, ids=[f"{c[0]}-claim{c[1] + 1}" for c in CASES])
 def test_claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path):
+    claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path)
+
+
+def claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path):
+    """Claim `index` of recipe `name`: reproduced on the smoke store edited by `hold`, not reproduced on it
+    edited by `fail` (each a function of (frame, store copy) -> (frame, store)), as written on it unedited."""
     import sys
     recipe, store, frame, verdict, _ = smoke(name, tmp_path_factory)
     doc = sys.modules[type(recipe).__module__].__doc__
