@@ -2,16 +2,17 @@
 `workers` at once, longest first; this process forwards stop signals to them and gathers their verdict.json files.
 
 A run trains on one thread (framework/runner.py, set_threads), so a machine with C cores fits C suites at once:
-on this 2-core machine two suites side by side finish `run all` in about half the time of one after another
-(reports/benchmarks.md). Each child is an ordinary `repro run`: the store's locks, resume after preemption and
-W&B are theirs as for any run. By hand because the children are commands whose exit codes and signals matter
-(concurrent.futures would hide both)."""
+on this 2-core machine two suites side by side finish `run all` in about two thirds of the time of one after
+another (reports/benchmarks.md). Each child is an ordinary `repro run NAME` (the same command function, forked
+from this process once it has imported torch, Lightning and W&B, which cost a fresh interpreter about 10 s of CPU
+each): the store's locks, resume after preemption and W&B are the child's as for any run. By hand because the
+children are commands whose exit codes and signals matter (concurrent.futures would hide both, and its
+processes would not be the command)."""
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,33 +40,33 @@ def run_side_by_side(names: list[str], child_args, log_dir: Path, workers: int, 
     and the stop signal forwarded to the children (None if none came). Each child's output goes to
     log_dir/<name>.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    _import_once()
     queue = sorted(names, key=lambda n: -CPU_SECONDS.get(n, 0))
-    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    running: dict[int, tuple[str, float]] = {}
     codes: dict[str, int] = {}
     stop: list[int] = []
 
     def forward(signum, frame):
         stop.append(signum)
-        for proc, _, _ in running.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
+        for pid in running:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
     previous = {s: signal.signal(s, forward) for s in STOPS}
     try:
         while queue or running:
             while queue and len(running) < workers and not stop:
                 name = queue.pop(0)
-                log = open(log_dir / f"{name}.log", "w")
-                # the child's own session: a Ctrl-C at the terminal reaches it once, through this process
-                proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", name, *child_args(name)],
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                running[name] = (proc, time.time(), log)
+                pid = _fork_command(["run", name, *child_args(name)], log_dir / f"{name}.log", previous)
+                running[pid] = (name, time.time())
                 console.print(f"started {name} (log: {log_dir / f'{name}.log'})")
-            for name, (proc, started, log) in list(running.items()):
-                if proc.poll() is not None:
-                    log.close()
-                    codes[name] = proc.returncode
-                    del running[name]
-                    console.print(f"finished {name} in {time.time() - started:.0f} s (exit status {proc.returncode})")
+            for pid, (name, started) in list(running.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[name] = os.waitstatus_to_exitcode(status)
+                    del running[pid]
+                    console.print(f"finished {name} in {time.time() - started:.0f} s (exit status {codes[name]})")
             if stop and not running:
                 break
             time.sleep(0.2)
@@ -73,6 +74,45 @@ def run_side_by_side(names: list[str], child_args, log_dir: Path, workers: int, 
         for s, handler in previous.items():
             signal.signal(s, handler)
     return codes, (stop[0] if stop else None)
+
+
+def _import_once() -> None:
+    """What every suite imports, imported here once so that each forked child starts with it."""
+    import pytorch_lightning  # noqa: F401
+    import wandb  # noqa: F401
+    import experiments  # noqa: F401
+    import framework.recipe  # noqa: F401
+    import framework.runner  # noqa: F401
+
+
+def _fork_command(args: list[str], log: Path, handlers: dict) -> int:
+    """A child process running the CLI on args, its output in `log`, in its own session (a Ctrl-C at the terminal
+    reaches it once, through this process); returns its pid. The child exits with the command's exit status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setsid()
+        for s, handler in handlers.items():  # the command installs its own on top
+            signal.signal(s, handler)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        from framework.cli import app
+        app(args=args, prog_name="repro")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - whatever ends the child, the parent reads its status
+        import traceback
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def read_verdict(path: Path, since: float) -> dict | None:

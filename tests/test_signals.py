@@ -214,3 +214,34 @@ def test_sigterm_on_any_batch_checkpoints_and_resumes_exactly(step, tiny, tmp_pa
         assert resumed[key] == reference[key], key
     pd.testing.assert_frame_equal(store.read_frame("test", resumed["run_id"], "metrics.csv"),
                                   RunStore(tmp_path / "ref").read_frame("test", resumed["run_id"], "metrics.csv"))
+
+
+@pytest.mark.slow
+def test_run_all_side_by_side_forwards_sigterm_and_resumes(tmp_path):
+    """`repro run all` with two recipes at once: a SIGTERM to the command reaches the suites training; they
+    checkpoint, the command exits 143, and the same command then finishes every recipe with the verdicts of an
+    uninterrupted run (each child is an ordinary `repro run NAME`)."""
+    args = [sys.executable, "-m", "framework.cli", "run", "all", "--scale", "smoke", "--workers", "2",
+            "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"), "tracking.mode=disabled"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = tmp_path / "reports" / "logs"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if logs.exists() and any(p.stat().st_size > 0 for p in logs.glob("*.log")):
+            break
+        time.sleep(0.5)
+    time.sleep(4)  # into the first suites' training
+    proc.send_signal(signal.SIGTERM)
+    out, errs = proc.communicate(timeout=300)
+    assert proc.returncode == 143, errs[-2000:]
+    assert "stopped:" in errs and "finished" in out
+    store = RunStore(tmp_path / "runs")
+    stopped = [p for p in logs.glob("*.log") if "stopped:" in p.read_text()]
+    assert stopped, [p.read_text()[-500:] for p in logs.glob("*.log")]
+    r = repro("run", "all", *args[5:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for exp in ("vanishing_gradients", "double_descent"):
+        verdict = json.loads((tmp_path / "reports" / exp / "smoke" / "verdict.json").read_text())
+        assert verdict["claims"] and set(verdict["runs"]) <= {"done", "diverged"}
+        assert all(store.status(exp, run_id) in ("done", "diverged") for run_id in
+                   pd.read_csv(tmp_path / "reports" / exp / "smoke" / "runs.csv")["run_id"])
