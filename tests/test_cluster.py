@@ -182,6 +182,7 @@ def test_failed_submission_leaves_nothing_behind(slurm, tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow  # 36 s (CI time); the submit tests run the script it prints on the local SLURM
 def test_dry_run_prints_the_script(tmp_path):
     r = repro("submit", "vanishing_gradients", "--scale", "smoke", "--dry-run", "--fuse", "off", "--runs-dir",
               str(tmp_path / "r"))

@@ -11,9 +11,9 @@ from tests.conftest import repro
     pytest.param("model.depth=abc", ["model.depth", "expected int", "'abc'"], marks=pytest.mark.slow),
     ("optim.name=adamm", ["optim.name", "did you mean 'adam'", "adamw", "sgd"]),
     pytest.param("model.activation=sigmod", ["model.activation", "did you mean 'sigmoid'"], marks=pytest.mark.slow),
-    # each case is a CLI process of about 12 s on 2 cores: three more run with -m slow (CI time)
+    # each case is a CLI process of about 12 s on 2 cores: four more run with -m slow (CI time)
     pytest.param("optim.lr=-1", ["optim.lr", "> 0"], marks=pytest.mark.slow),
-    ("grid.model.dropout=[0.1]", ["grid axis", "model.dropout"]),
+    pytest.param("grid.model.dropout=[0.1]", ["grid axis", "model.dropout"], marks=pytest.mark.slow),
     ("model.width=1000000000", ["model.width", "parameters", "GiB", "more than this machine"]),
 ])
 def test_cli_config_errors_exit_2_with_one_line(override, must_name, tmp_path):
@@ -129,8 +129,9 @@ def _configs(tmp_path, name: str, text: str):
 
 @pytest.mark.parametrize("text, must_name", [
     ("run: {model: {depth: 2}\ngrid: {}\n", ["line 2", "malformed YAML"]),
-    ("run: {}\ngrid: {model.width: 8}\nscales: {cpu: {}}\n", ["grid.model.width", "non-empty list"]),
-    # two CLI processes a case (about 25 s): these two run with -m slow (CI time)
+    # two CLI processes a case (about 25 s): these three run with -m slow (CI time)
+    pytest.param("run: {}\ngrid: {model.width: 8}\nscales: {cpu: {}}\n", ["grid.model.width", "non-empty list"],
+                 marks=pytest.mark.slow),
     pytest.param("run: {}\ngrid: {arch: {}}\nscales: {cpu: {}}\n", ["grid.arch", "non-empty map"],
                  marks=pytest.mark.slow),
     pytest.param("- just\n- a list\n", ["expected a map"], marks=pytest.mark.slow),

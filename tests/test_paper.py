@@ -151,6 +151,7 @@ def test_bench_prints_ratios_and_records_them(tmp_path):
     assert len(table) == 3 and all(re.search(r"\| \d+\.\d\d \(", ln) for ln in table)
 
 
+@pytest.mark.slow  # 11 s of CLI start-up (CI time); bad input's exit 2 and one line: tests/test_config.py
 def test_bench_rejects_an_unknown_case():
     r = repro("bench", "--case", "resnet50")
     assert r.returncode == 2 and "unknown case 'resnet50'" in r.stderr

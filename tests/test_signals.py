@@ -145,7 +145,8 @@ def test_usr1_between_packed_runs_of_an_array_task(tmp_path):
     assert store.status_record("double_descent", runs[1].run_id) == {}
 
 
-@pytest.mark.parametrize("sig, reason", [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")])
+@pytest.mark.parametrize("sig, reason", [(signal.SIGTERM, "terminated"),
+                                         pytest.param(signal.SIGINT, "interrupted", marks=pytest.mark.slow)])  # CI time
 def test_term_and_ctrl_c_while_data_is_built_record_failed(sig, reason, tmp_path):
     r = repro_patched(AT_DATA.format(sig=sig.name), "run", *SUITE, tmp_path=tmp_path)
     one_line_stop(r, 128 + sig)
