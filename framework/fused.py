@@ -6,7 +6,8 @@ batch dimension (K * B rows), so every layer without parameters (activations, po
 runs unchanged. Linear layers are batched matmuls, convolutions grouped convolutions (as in HFTA, Wang et al.
 2021), batch norm one norm over K x C channels (each member keeps its own running statistics), dropout draws each
 member's masks from its lone run's random stream (on the CPU; see FusedDropout). Batched layers were measured
-against torch.func's vmap over `stack_module_state` (16 x 50-layer width-10 MLPs, batch 128, one CPU thread): 17 ms a step against 25 ms.
+against torch.func's vmap over `stack_module_state` (16 x 50-layer width-10 MLPs, batch 128, one CPU thread):
+17 ms a step against 25 ms.
 
 Each member has its own initialisation (its net is built exactly as an unfused run builds it, then stacked), its
 own data order and data (its seed, label noise, corruption), its own optimizer hyperparameters and schedule
