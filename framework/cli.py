@@ -148,6 +148,12 @@ def run(
         _fail(e)
     except Stop as e:
         _stopped(e)
+    if _print_failures(verdicts):
+        raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+def _print_failures(verdicts: list[dict]) -> bool:
+    """Prints the verdicts' failed runs and uncomputed claims, one line each; True if there were any."""
     failed = [(v["experiment"], f) for v in verdicts for f in v.get("failed", [])]
     for name, f in failed:
         err.print(escape(f"failed: {name}/{f['run_id']} ({f['variant']}): {_one_line(f['error'])}"),
@@ -158,8 +164,7 @@ def run(
                   highlight=False, soft_wrap=True)
     if failed:
         err.print(f"{len(failed)} runs failed (retried on the next launch); exit status {EXIT_RUNS_FAILED}")
-    if failed or broken:
-        raise typer.Exit(EXIT_RUNS_FAILED)
+    return bool(failed or broken)
 
 
 def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, scale: Optional[str], workers: int):
@@ -168,7 +173,7 @@ def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, sca
     import time
     from framework.workers import read_verdict, run_side_by_side
     started = time.time()
-    codes, stop = run_side_by_side(names, lambda name: child, reports_dir / "logs", workers, console)
+    codes, stop = run_side_by_side(names, child, reports_dir / "logs", workers, console)
     recipes = _recipes()
     verdicts = []
     for name in names:
@@ -178,13 +183,7 @@ def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, sca
             verdicts.append(v)
     if verdicts:
         print_verdicts(verdicts)
-    for v in verdicts:
-        for f in v.get("failed", []):
-            err.print(escape(f"failed: {v['experiment']}/{f['run_id']} ({f['variant']}): {_one_line(f['error'])}"),
-                      highlight=False, soft_wrap=True)
-        if v.get("claims_error"):
-            err.print(escape(f"claims of {v['experiment']} not computed: {_one_line(v['claims_error'])}"),
-                      highlight=False, soft_wrap=True)
+    failures = _print_failures(verdicts)
     stopped = [c for c in codes.values() if c >= 128]
     if stop is not None or stopped:
         signum = stop or (stopped[0] - 128)
@@ -200,7 +199,7 @@ def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, sca
     for name in others:
         err.print(f"{name}: exit status {codes[name]} (see {reports_dir / 'logs' / (name + '.log')})",
                   highlight=False)
-    if others or any(c == EXIT_RUNS_FAILED for c in codes.values()):
+    if others or failures or any(c == EXIT_RUNS_FAILED for c in codes.values()):
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 

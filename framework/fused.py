@@ -117,8 +117,7 @@ class FusedDropout(nn.Module):
         super().__init__()
         self.k = len(layers)
         self.register_buffer("p", torch.tensor([m.p for m in layers]), persistent=False)
-        self.rates = [float(m.p) for m in layers]
-        self.generators: list[torch.Generator] | None = None  # set by FusedModule
+        self.generators: list[torch.Generator] | None = None  # each member's, shared by its layers: FusedModule's
 
     def forward(self, x):
         if not self.training:
@@ -128,7 +127,7 @@ class FusedDropout(nn.Module):
             return x * (torch.rand_like(x) >= p) / (1 - p)
         rows = x.reshape(self.k, -1, *x.shape[1:])
         out = []
-        for i, (p, g) in enumerate(zip(self.rates, self.generators)):
+        for i, (p, g) in enumerate(zip(self.p.tolist(), self.generators)):
             if p == 1:
                 out.append(torch.zeros_like(rows[i]))
             else:  # torch's dropout on the CPU: input * (bernoulli(1 - p) / (1 - p))
@@ -276,12 +275,12 @@ class FusedModule(pl.LightningModule):
         self._any_clip = bool((self._clip > 0).any())
         self._l2 = torch.tensor([c.loss.l2 for c in self.cfgs]) if any(c.loss.l2 for c in self.cfgs) else None
         # each member's dropout stream, where its lone run's global generator stands after building its net
-        self._dropout = [m for m in self.net.modules() if isinstance(m, FusedDropout)]
+        dropout = [m for m in self.net.modules() if isinstance(m, FusedDropout)]
         states = [getattr(m, "rng_after_build", None) for m in members]
-        if self._dropout and all(s is not None for s in states):
-            generators = [torch.Generator().set_state(s) for s in states]
-            for d in self._dropout:
-                d.generators = generators
+        self._dropout_generators = [torch.Generator().set_state(s) for s in states] \
+            if dropout and all(s is not None for s in states) else []
+        for d in dropout:
+            d.generators = self._dropout_generators or None
 
     def _total_steps(self, c) -> int:
         return c.trainer.max_steps if c.trainer.max_steps > 0 else self.steps_per_epoch * c.trainer.max_epochs
@@ -440,15 +439,14 @@ class FusedModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["members"] = [m.state() for m in self.members]
-        if self._dropout and self._dropout[0].generators is not None:
-            checkpoint["dropout_generators"] = [g.get_state() for g in self._dropout[0].generators]
+        if self._dropout_generators:
+            checkpoint["dropout_generators"] = [g.get_state() for g in self._dropout_generators]
 
     def on_load_checkpoint(self, checkpoint):
         for m, state in zip(self.members, checkpoint.get("members", [])):
             m.load(state)
-        if self._dropout and self._dropout[0].generators is not None:
-            for g, state in zip(self._dropout[0].generators, checkpoint.get("dropout_generators", [])):
-                g.set_state(state)
+        for g, state in zip(self._dropout_generators, checkpoint.get("dropout_generators", [])):
+            g.set_state(state)
 
     def load_member(self, k: int):
         """Member k's ReproModule with the fused net's current values for it (to evaluate or probe it alone)."""

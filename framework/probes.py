@@ -63,14 +63,6 @@ class Probes(pl.Callback):
         try:
             with torch.no_grad():
                 out = {"probe/loss": float(loss_fn(net(x), y))}
-            if self.cfg.probe_test:  # held-out curves at the probe's step (early stopping, Prechelt 1998)
-                for split in ("val", "test"):
-                    xs, ys = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
-                    if len(xs):
-                        r = module.to(device).evaluate(xs, ys)
-                        out[f"probe/{split}_loss"] = r["loss"]
-                        if "error" in r:
-                            out[f"probe/{split}_error"] = r["error"]
             if self.cfg.noise_scale:
                 m = gradient_moments(net, loss_fn, x, y)
                 out.update({"probe/noise_scale": m["noise_scale"], "probe/grad_sq": m["grad_sq_unbiased"],
@@ -85,6 +77,16 @@ class Probes(pl.Callback):
                 value, self._vectors[i] = top_eigenvalue(net, loss_fn, x, y, self.cfg.power_iters, start,
                                                          self._generators[i])
                 out["probe/sharpness"] = value
+            # held-out curves at the probe's step (early stopping, Prechelt 1998); last, because evaluate puts the
+            # module back in the mode it found it in (training), which the probes above must not run in
+            if self.cfg.probe_test:
+                for split in ("val", "test"):
+                    xs, ys = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
+                    if len(xs):
+                        r = module.to(device).evaluate(xs, ys)
+                        out[f"probe/{split}_loss"] = r["loss"]
+                        if "error" in r:
+                            out[f"probe/{split}_error"] = r["error"]
         finally:
             net.train(was_training)
             net.zero_grad(set_to_none=True)

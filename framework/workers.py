@@ -10,7 +10,6 @@ children are commands whose exit codes and signals matter (concurrent.futures wo
 processes would not be the command)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -35,8 +34,9 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_side_by_side(names: list[str], child_args, log_dir: Path, workers: int, console) -> tuple[dict, int | None]:
-    """Runs `repro run NAME <child_args(NAME)>` for every name, `workers` at a time; returns each name's exit code
+def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, workers: int,
+                     console) -> tuple[dict, int | None]:
+    """Runs `repro run NAME <child_args>` for every name, `workers` at a time; returns each name's exit code
     and the stop signal forwarded to the children (None if none came). Each child's output goes to
     log_dir/<name>.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def run_side_by_side(names: list[str], child_args, log_dir: Path, workers: int, 
         while queue or running:
             while queue and len(running) < workers and not stop:
                 name = queue.pop(0)
-                pid = _fork_command(["run", name, *child_args(name)], log_dir / f"{name}.log", previous)
+                pid = _fork_command(["run", name, *child_args], log_dir / f"{name}.log", previous)
                 running[pid] = (name, time.time())
                 console.print(f"started {name} (log: {log_dir / f'{name}.log'})")
             for pid, (name, started) in list(running.items()):
@@ -116,7 +116,9 @@ def _fork_command(args: list[str], log: Path, handlers: dict) -> int:
 
 
 def read_verdict(path: Path, since: float) -> dict | None:
-    """A child's verdict.json, if it wrote one after `since` (an older file is a previous command's)."""
+    """A child's verdict.json, if it wrote one after `since` (an older file is a previous command's); a damaged one
+    is named (StoreError)."""
+    from framework.store import read_json_file
     if not path.exists() or path.stat().st_mtime < since:
         return None
-    return json.loads(path.read_text())
+    return read_json_file(path)

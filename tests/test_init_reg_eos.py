@@ -15,15 +15,7 @@ from framework.config import RunConfig, apply
 from framework.runner import train
 from framework.store import RunStore
 from tests.test_recipes import edit, smoke
-from tests.test_sgd_lessons import claim_follows_the_data, rows, write_metrics
-
-
-def _then(*edits):
-    def run(frame, store):
-        for e in edits:
-            frame, store = e(frame, store)
-        return frame, store
-    return run
+from tests.test_sgd_lessons import _then, claim_follows_the_data, rows, write_metrics
 
 
 # ---- initialisation (smoke: variance nets of 8 hidden layers; symmetry, deep_relu and output parts) -------------
