@@ -1,19 +1,24 @@
 """Large-batch training and the linear learning-rate scaling rule (Goyal et al. 2017, "Accurate, large
 minibatch SGD: training ImageNet in 1 hour", Sec. 2 and Fig. 2; the seed lecture's eta_B = B * eta_1), and
-where it breaks (McCandlish et al. 2018, eps_opt(B) = eps_max / (1 + B_noise / B); Shallue et al. 2019).
+where it breaks (McCandlish et al. 2018, S = S_min (1 + B_crit / B); Shallue et al. 2019).
 
 Every batch size gets the same epoch budget, as in Goyal et al. The best learning rate of a batch is the sweep's
 lowest final training loss there; "the small-batch result" is the held-out (test-split) error of that best run at
 the smallest batch, and a run "matches" it when its held-out error is within TOL of it (Goyal et al. compare
-validation error). The critical batch is the largest batch up to which every batch's best run (over the
-learning-rate grid) still matches the smallest batch's best final training loss within LOSS_TOL.
+validation error). The critical batch is McCandlish et al.'s (Eq. 2.11, Shallue et al.'s end of perfect scaling):
+each batch's fewest steps to a training loss of 0.1 (diagnostics.target_loss, as in gradient_noise) over the learning-rate grid (the run's epochs to
+target, interpolated between epoch means, x its steps per epoch), fit by least squares to S = S_min + E_min / B,
+and B_crit = E_min / S_min, where steps to target stop halving as the batch doubles.
 Claims, each measured on every seed:
 1. Up to the critical batch, the best learning rate grows linearly with batch size (log-log slope near 1).
-2. Beyond it the gain stops: the best learning rate grows at most half as fast as linear past it.
-3. The linear scaling rule with warm-up matches the small-batch held-out error at every batch up to the
+2. Well below it, doubling the batch halves the steps to target: the smallest batches' doubling exponent
+   log2(S(B) / S(2B)) is near 1 (perfect scaling).
+3. Beyond it the gain stops: the largest batches' doubling exponent is below SLOWDOWN (a doubling buys less
+   than a 2^0.5 = 1.4x speed-up; McCandlish et al.'s model gives 0.2-0.4 at 2-4 B_crit).
+4. The linear scaling rule with warm-up matches the small-batch held-out error at every batch up to the
    critical one.
-4. The rule breaks at the largest batch: its held-out error no longer matches.
-5. Warm-up extends the rule: it matches up to a larger batch with warm-up than without (Goyal et al. Fig. 2).
+5. The rule breaks at the largest batch: its held-out error no longer matches.
+6. Warm-up extends the rule: it matches up to a larger batch with warm-up than without (Goyal et al. Fig. 2).
 """
 from __future__ import annotations
 
@@ -25,14 +30,13 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history
+from framework.recipe import Recipe
 from framework.verdict import Claim, above, below, within
 
-LOSS_TOL = 0.01       # best final training loss within this (nats) of the smallest batch's: the batch still scales
 TOL = 0.02            # held-out error within this of the small-batch result: "matches" (2 binomial SE of a 5%
                       # error on the ~450 test digits)
 SLOPE = (0.7, 1.3)    # log-log slope of best LR vs batch size accepted as linear
-TARGET_LOSS = 0.1     # for the steps-to-target figure
+SLOWDOWN = 0.5        # beyond the critical batch a doubling's exponent stays below this (perfect scaling: 1)
 
 
 def _loss(row) -> float:
@@ -46,20 +50,39 @@ def _error(row) -> float:
     return float(row["test_error"]) if row["status"] == "done" and pd.notna(row.get("test_error")) else math.nan
 
 
+def steps_to_target(row) -> float:
+    """Steps to the target loss: the run's epochs to target x its steps per epoch; inf when it did not get there."""
+    epochs = row.get("epochs_to_target")
+    if row["status"] != "done" or epochs is None or pd.isna(epochs):
+        return math.inf
+    return float(epochs) * math.ceil(int(row["n_train"]) / int(row["data.batch_size"]))
+
+
+def critical_batch(steps: dict[int, float]) -> float:
+    """McCandlish et al. 2018, Eq. 2.11: least squares of S = S_min + E_min / B over the batches that reached the
+    target; B_crit = E_min / S_min (inf: no sign of S_min > 0 over these batches; nan: under 3 batches)."""
+    ok = {b: s for b, s in steps.items() if math.isfinite(s)}
+    if len(ok) < 3:
+        return math.nan
+    e_min, s_min = np.polyfit(1.0 / np.array(list(ok), dtype=float), np.array(list(ok.values())), 1)
+    return float(e_min / s_min) if s_min > 0 else math.inf
+
+
 def analyse(runs: pd.DataFrame) -> dict:
-    """Best LR and loss per batch size from one seed's sweep, the critical batch, and the linear-rule outcomes."""
+    """Best LR and loss per batch size from one seed's sweep, steps to target and the critical batch, and the
+    linear-rule outcomes."""
     sweep = runs[runs["rule"] == "sweep"].copy()
     sweep["loss"] = sweep.apply(_loss, axis=1)
+    sweep["steps"] = sweep.apply(steps_to_target, axis=1)
     batches = sorted(sweep["data.batch_size"].unique())
     best = sweep.loc[sweep.groupby("data.batch_size")["loss"].idxmin()].set_index("data.batch_size")
-    reference_loss = float(best.loc[batches[0], "loss"])
+    fewest = sweep.groupby("data.batch_size")["steps"].min()
+    # a batch that never reached the target took at least its whole budget: a lower bound on its steps
+    budget = {b: _budget(sweep, b) for b in batches}
+    steps = {int(b): float(fewest[b]) for b in batches}
+    at_least = {b: s if math.isfinite(s) else budget[b] for b, s in steps.items()}
     reference = _error(best.loc[batches[0]])
-    critical = None
-    for b in batches:
-        if best.loc[b, "loss"] - reference_loss <= LOSS_TOL:
-            critical = b
-        else:
-            break
+    critical = critical_batch(steps)
     rule = runs[runs["rule"] == "linear_warmup"].copy()
     base_lr = float(rule["cfg.optim.lr"].iloc[0]) if len(rule) else math.nan
     base_batch = int(rule["cfg.optim.base_batch_size"].iloc[0]) if len(rule) else batches[0]
@@ -80,9 +103,25 @@ def analyse(runs: pd.DataFrame) -> dict:
         return ok
     return {"batches": [int(b) for b in batches], "best_lr": {int(b): float(best.loc[b, "optim.lr"]) for b in batches},
             "best_loss": {int(b): float(best.loc[b, "loss"]) for b in batches}, "reference": reference,
-            "reference_loss": reference_loss, "critical": None if critical is None else int(critical), "warm": warm,
+            "steps": steps, "steps_at_least": at_least, "target": float(sweep["cfg.diagnostics.target_loss"].iloc[0]),
+            "critical": critical, "warm": warm,
             "cold": cold, "warm_ok": matches_up_to(warm), "cold_ok": matches_up_to(cold), "base_lr": base_lr,
             "base_batch": base_batch}
+
+
+def _budget(sweep: pd.DataFrame, b) -> float:
+    """The step budget of batch b's runs (their epochs x steps per epoch)."""
+    r = sweep[sweep["data.batch_size"] == b].iloc[0]
+    return float(r["cfg.trainer.max_epochs"]) * math.ceil(int(r["n_train"]) / int(b))
+
+
+def doubling(a: dict, small: int, large: int) -> float:
+    """log2(S(small) / S(large)) per doubling of the batch from small to large: 1 is perfect scaling, 0 none. S of
+    a larger batch that missed the target is its budget, a lower bound: the exponent is then an upper bound."""
+    s, l = a["steps"].get(small, math.inf), a["steps_at_least"].get(large, math.inf)
+    if not (math.isfinite(s) and math.isfinite(l)) or small >= large:
+        return math.nan
+    return math.log2(s / l) / math.log2(large / small)
 
 
 def _slope(xs, ys) -> float:
@@ -100,13 +139,14 @@ class LrScaling(Recipe):
     def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
         a = analyse(runs)
         crit, batches = a["critical"], a["batches"]
-        linear = [b for b in batches if crit is not None and b <= crit]
+        linear = [b for b in batches if b <= crit]
         slope = _slope(linear, [a["best_lr"][b] for b in linear]) if len(linear) >= 3 else math.nan
         largest = batches[-1]
-        beyond = crit is not None and crit < largest
-        slope_beyond = _slope([crit, largest], [a["best_lr"][crit], a["best_lr"][largest]]) if beyond else math.nan
         best = {f"best_lr@{b}": a["best_lr"][b] for b in batches}
-        losses = {f"best_loss@{b}": round(a["best_loss"][b], 5) for b in batches}
+        steps = {f"steps_to_target@{b}": round(v, 1) for b, v in a["steps"].items()}
+        shown_crit = {"critical_batch": round(crit, 1) if math.isfinite(crit) else crit}
+        first = doubling(a, batches[0], batches[1])
+        last = doubling(a, batches[-2], largest)
         warm_gap = {b: v - a["reference"] for b, v in a["warm"].items()}
         cold_gap = {f"no_warmup_gap@{b}": round(v - a["reference"], 4) for b, v in a["cold"].items()}
         shown_warm = {f"warmup_gap@{b}": round(v, 4) for b, v in warm_gap.items()}
@@ -117,16 +157,21 @@ class LrScaling(Recipe):
             Claim("Up to the critical batch the best learning rate grows linearly with batch size",
                   "Goyal et al. 2017, Sec. 2.1; McCandlish et al. 2018, Sec. 2.2 (B << B_noise)",
                   "log-log slope of best LR vs batch, batches <= critical (>= 3 of them)", slope, within(*SLOPE),
-                  {"critical_batch": crit, "batches_in_fit": len(linear)} | best),
-            Claim("Beyond the critical batch the gain stops", "McCandlish et al. 2018, Fig. 3; Shallue et al. 2019",
-                  "log-log slope of best LR from the critical to the largest batch", slope_beyond, below(0.5),
-                  {"critical_batch": crit, "largest_batch": largest, "reference_loss": a["reference_loss"]}
-                  | best | losses),
+                  shown_crit | {"batches_in_fit": len(linear)} | best),
+            Claim(f"Well below the critical batch, doubling the batch halves the steps to training loss "
+                  f"{a['target']:g}", "Shallue et al. 2019, Sec. 4.1 and Fig. 1 (perfect scaling); McCandlish et al. "
+                  "2018, Eq. 2.11", f"log2(S({batches[0]}) / S({batches[1]})) per doubling, S the fewest steps over the LR grid",
+                  first, within(*SLOPE), shown_crit | steps),
+            Claim("Beyond the critical batch the gain stops: doubling the batch no longer halves the steps",
+                  "McCandlish et al. 2018, Eq. 2.11 and Fig. 3; Shallue et al. 2019, Sec. 4.1 (diminishing returns)",
+                  f"log2(S({batches[-2]}) / S({largest})) per doubling (S of a batch that missed the target: its budget)",
+                  last, below(SLOWDOWN), shown_crit | steps),
             Claim("The linear scaling rule with warm-up matches the small-batch held-out error up to the critical "
                   "batch", "Goyal et al. 2017, Sec. 2.2, Fig. 2 and Table 2",
                   "largest held-out error gap (rule with warm-up - small-batch result) over batches <= critical",
-                  worst_linear, below(TOL), {"critical_batch": crit, "small_batch_error": a["reference"],
-                                             "base_lr": a["base_lr"], "base_batch": a["base_batch"]} | shown_warm),
+                  worst_linear, below(TOL), shown_crit | {"small_batch_error": a["reference"],
+                                                          "base_lr": a["base_lr"], "base_batch": a["base_batch"]}
+                  | shown_warm),
             Claim(f"The linear scaling rule breaks at the largest batch ({largest})", "Goyal et al. 2017, Sec. 5.1",
                   "held-out error gap of the rule with warm-up at the largest batch", warm_gap.get(largest, math.nan),
                   above(TOL), shown_warm),
@@ -148,33 +193,25 @@ class LrScaling(Recipe):
             jitter = 2 ** (0.04 * (i - (len(seeds) - 1) / 2))
             axes[0].plot(b * jitter, [one["best_lr"][x] for x in one["batches"]], "o-", alpha=0.6, ms=4,
                          label=f"best LR, seed {seed}")
-            if one["critical"]:
+            if math.isfinite(one["critical"]):
                 axes[0].axvline(one["critical"], c="grey", ls=":", alpha=0.5)
         axes[0].plot(b, a["best_lr"][a["batches"][0]] * b / b[0], "k--", lw=0.8, label="slope 1 (linear rule)")
         axes[0].set(xscale="log", yscale="log", xlabel="batch size (samples)", ylabel="learning rate",
                     title="Best learning rate vs batch size")
         axes[0].legend(fontsize=7)
 
-        sweep = runs[runs["rule"] == "sweep"]
-        curves = history(sweep, store, self.name)
-        if not curves.empty and "train/loss_epoch" in curves:
-            ep = curves.dropna(subset=["train/loss_epoch"])
-            hit = ep[ep["train/loss_epoch"] <= TARGET_LOSS].groupby("run_id")["step"].min() + 1
-            steps = sweep.set_index("run_id")[["data.batch_size"]].join(hit.rename("steps_to_loss"), how="inner")
-            fastest = steps.groupby("data.batch_size")["steps_to_loss"].min()
-        else:
-            fastest = pd.Series(dtype=float)
-        if len(fastest):
-            axes[1].plot(fastest.index, fastest.values, "o-", label="fastest LR")
-            axes[1].plot(fastest.index, fastest.iloc[0] * fastest.index[0] / fastest.index, "k--", lw=0.8,
-                         label="perfect scaling (1/B)")
-            axes[1].legend(fontsize=7)
-        else:
-            axes[1].text(0.5, 0.5, f"no run reached training loss {TARGET_LOSS}", ha="center",
-                         transform=axes[1].transAxes)
+        for i, (seed, one) in enumerate(zip(seeds, per_seed)):
+            reached = {x: v for x, v in one["steps"].items() if math.isfinite(v)}
+            axes[1].plot(list(reached), list(reached.values()), "o-", alpha=0.6, ms=4, label=f"seed {seed}")
+        if a["steps"] and math.isfinite(a["steps"][a["batches"][0]]):
+            axes[1].plot(b, a["steps"][a["batches"][0]] * b[0] / b, "k--", lw=0.8, label="perfect scaling (1/B)")
+        if math.isfinite(a["critical"]):
+            axes[1].axvline(a["critical"], c="grey", ls=":", label=f"B_crit, seed {seeds[0]}")
+        axes[1].legend(fontsize=7)
         axes[1].set(xscale="log", yscale="log", xlabel="batch size (samples)",
-                    ylabel=f"steps to training loss {TARGET_LOSS}", title="Steps to target vs batch size")
+                    ylabel=f"steps to training loss {a['target']:g}", title="Fewest steps to target vs batch size")
 
+        sweep = runs[runs["rule"] == "sweep"]
         grid = sweep.assign(loss=sweep.apply(_loss, axis=1))
         heat = grid.pivot_table(index="optim.lr", columns="data.batch_size", values="loss", aggfunc="median")
         status = grid.pivot_table(index="optim.lr", columns="data.batch_size", values="status", aggfunc="first")

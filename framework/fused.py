@@ -37,13 +37,15 @@ class FusedLinear(nn.Module):
             else None
 
     def forward(self, x):
-        # computed transposed, W @ h^T per member: measured on one CPU thread, the weight gradient of h @ W^T
-        # runs as a batched matrix-vector product that takes 8x longer for one output (the Wilson construction's
-        # 3003 -> 1 layer: 28 ms against 3.2 ms a step), and a 16 x 50-layer width-10 MLP step takes 30 ms
-        # against 22 ms
-        ht = x.reshape(self.k, -1, x.shape[-1]).transpose(1, 2)
-        out = torch.bmm(self.weight, ht) if self.bias is None else torch.baddbmm(self.bias[:, :, None], self.weight, ht)
-        return out.transpose(1, 2).reshape(*x.shape[:-1], -1)
+        # computed feature-major, W @ h^T per member, and returned as a (K, B, out) view of the (K, out, B) result:
+        # on one CPU thread the weight gradient of h @ W^T runs as a batched matrix-vector product that takes 8x
+        # longer for one output (the Wilson construction's 3003 -> 1 layer: 28 ms against 3.2 ms a step), and
+        # copying each layer's output back to member-stacked rows cost a 16 x 50-layer width-10 MLP a third of
+        # its step (14 ms against 9 ms forward and backward). Input: (K * B, in) rows or (K, B, in) stacked (the
+        # output of a fused layer before it); the fused net's output is made rows again (fuse_nets).
+        ht = x.transpose(1, 2) if x.dim() == 3 else x.reshape(self.k, -1, x.shape[-1]).transpose(1, 2)
+        out = torch.bmm(self.weight, ht) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(2), self.weight, ht)
+        return out.transpose(1, 2)
 
 
 def _to_channels(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,7 +97,12 @@ class FusedBatchNorm(nn.Module):
         # buffers themselves must not change in place while autograd holds them)
         mean, var = (self.running_mean.clone(), self.running_var.clone()) if frozen else \
             (self.running_mean, self.running_var)
-        out = F.batch_norm(_to_channels(x, self.k), mean.view(-1), var.view(-1), self.weight.reshape(-1),
+        # a fused linear layer's (K, B, C) output goes in as (B, K x C), the layout of its lone runs' (B, C): the
+        # norm over (1, K x C, B), with no copy, rounds differently, and a 50-layer batch-norm net is chaotic
+        # enough to carry that to a 10% different loss reduction at smoke scale
+        stacked = x.dim() == 3
+        h = x.transpose(0, 1).reshape(x.shape[1], -1) if stacked else _to_channels(x, self.k)
+        out = F.batch_norm(h, mean.view(-1), var.view(-1), self.weight.reshape(-1),
                            self.bias.reshape(-1), self.training, self.momentum, self.eps)
         if self.training:
             self.num_batches_tracked.add_(self.active.long())
@@ -103,7 +110,7 @@ class FusedBatchNorm(nn.Module):
                 keep = self.active[:, None]
                 self.running_mean.copy_(torch.where(keep, mean, self.running_mean))
                 self.running_var.copy_(torch.where(keep, var, self.running_var))
-        return _to_rows(out, self.k)
+        return out.view(x.shape[1], self.k, -1).transpose(0, 1) if stacked else _to_rows(out, self.k)
 
 
 class FusedDropout(nn.Module):
@@ -122,17 +129,20 @@ class FusedDropout(nn.Module):
     def forward(self, x):
         if not self.training:
             return x
+        stacked = x.dim() == 3  # (K, B, F), a fused linear layer's output; else (K * B, ...) rows
+        rows = x if stacked else x.reshape(self.k, -1, *x.shape[1:])
         if self.generators is None or x.device.type != "cpu":
-            p = self.p.repeat_interleave(x.shape[0] // self.k).view(-1, *([1] * (x.dim() - 1)))
-            return x * (torch.rand_like(x) >= p) / (1 - p)
-        rows = x.reshape(self.k, -1, *x.shape[1:])
+            p = self.p.view(-1, *([1] * (rows.dim() - 1)))
+            return (rows * (torch.rand_like(rows) >= p) / (1 - p)).reshape(x.shape)
         out = []
         for i, (p, g) in enumerate(zip(self.p.tolist(), self.generators)):
             if p == 1:
-                out.append(torch.zeros_like(rows[i]))
-            else:  # torch's dropout on the CPU: input * (bernoulli(1 - p) / (1 - p))
-                out.append(rows[i] * torch.empty_like(rows[i]).bernoulli_(1 - p, generator=g).div_(1 - p))
-        return torch.cat(out)
+                out.append(torch.zeros(rows[i].shape, dtype=x.dtype))
+            else:  # torch's dropout on the CPU: input * (bernoulli(1 - p) / (1 - p)), drawn in the lone run's
+                # row-major order whatever the layout of this member's slice
+                mask = torch.empty(rows[i].shape, dtype=x.dtype).bernoulli_(1 - p, generator=g).div_(1 - p)
+                out.append(rows[i] * mask)
+        return torch.stack(out) if stacked else torch.cat(out)
 
 
 FUSED_LAYERS = {nn.Linear: FusedLinear, nn.Conv2d: FusedConv2d, nn.BatchNorm1d: FusedBatchNorm,
@@ -161,7 +171,14 @@ def fuse_nets(nets: list[nn.Module]) -> nn.Module:
         new = kind([m[name] for m in members])
         parent, _, leaf = name.rpartition(".")
         setattr(fused.get_submodule(parent) if parent else fused, leaf, new)
+    fused.register_forward_hook(_rows_out)
     return fused
+
+
+def _rows_out(module, inputs, out):
+    """The fused net's output as (K * B, ...) rows, as the loss and metrics take it: a net ending in a linear layer
+    ends (K, B, out) stacked (FusedLinear)."""
+    return out.reshape(-1, out.shape[-1]) if out.dim() == 3 else out
 
 
 def member_state(fused: nn.Module, k: int) -> dict[str, torch.Tensor]:

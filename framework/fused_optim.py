@@ -73,24 +73,40 @@ def _adagrad(p, g, state, h):
     return p - _b(h["lr"], p) * g / (state["sum"].sqrt() + _b(h["eps"], p))
 
 
-def sgd_foreach(params, grads, states, h, nesterov=False) -> list[torch.Tensor]:
+def _descend(params, step, lr, inplace):
+    """params - lr * step: in place when every member is active (p + (-1) * step * lr rounds as p - lr * step),
+    else the new values, which MemberOptimizer.step keeps for the active members only."""
+    if inplace:
+        torch._foreach_addcmul_(params, step, lr, value=-1)
+        return None
+    return torch._foreach_sub(params, torch._foreach_mul(step, lr))
+
+
+def sgd_foreach(params, grads, states, h, nesterov=False, inplace=False) -> list[torch.Tensor] | None:
     """_sgd over every parameter at once (torch._foreach_*, broadcasting the (K,) values): the same arithmetic in
     a few calls, where a small net's hundred parameters would cost hundreds of Python-level ops a step."""
     mom = [_b(h["momentum"], p) for p in params]
     if h["any_decay"]:
         grads = torch._foreach_add(grads, torch._foreach_mul(params, [_b(h["weight_decay"], p) for p in params]))
-    bufs = [s.setdefault("momentum_buffer", torch.zeros_like(p)) for s, p in zip(states, params)]
+    for s, p in zip(states, params):
+        if "momentum_buffer" not in s:  # not setdefault: its argument, a zeroed buffer, would be made every step
+            s["momentum_buffer"] = torch.zeros_like(p)
+    bufs = [s["momentum_buffer"] for s in states]
     torch._foreach_mul_(bufs, mom)
     torch._foreach_add_(bufs, grads)
     step = torch._foreach_add(grads, torch._foreach_mul(bufs, mom)) if nesterov else bufs
-    return torch._foreach_sub(params, torch._foreach_mul(step, [_b(h["lr"], p) for p in params]))
+    return _descend(params, step, [_b(h["lr"], p) for p in params], inplace)
 
 
-def adam_foreach(params, grads, states, h, decoupled=False) -> list[torch.Tensor]:
+def adam_foreach(params, grads, states, h, decoupled=False, inplace=False) -> list[torch.Tensor] | None:
     """_adam over every parameter at once: measured, a fused group of 1-hidden-layer nets spent 1.3 ms a step in
     the per-parameter loop."""
     if decoupled:
-        params = torch._foreach_mul(params, [_b(1 - h["lr"] * h["weight_decay"], p) for p in params])
+        shrink = [_b(1 - h["lr"] * h["weight_decay"], p) for p in params]
+        if inplace:
+            torch._foreach_mul_(params, shrink)
+        else:
+            params = torch._foreach_mul(params, shrink)
     elif h["any_decay"]:
         grads = torch._foreach_add(grads, torch._foreach_mul(params, [_b(h["weight_decay"], p) for p in params]))
     for s, p in zip(states, params):
@@ -110,12 +126,16 @@ def adam_foreach(params, grads, states, h, decoupled=False) -> list[torch.Tensor
     denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), [_b(bias2_sqrt, p) for p in params]),
                                [_b(h["eps"], p) for p in params])
     step = torch._foreach_div(torch._foreach_mul(m, [_b(h["lr"] / bias1, p) for p in params]), denom)
+    if inplace:
+        torch._foreach_sub_(params, step)
+        return None
     return torch._foreach_sub(params, step)
 
 
-FOREACH = {"sgd": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, {**h, "momentum": h["zero"]}),
-           "momentum": sgd_foreach, "nesterov": lambda ps, gs, ss, h: sgd_foreach(ps, gs, ss, h, True),
-           "adam": adam_foreach, "adamw": lambda ps, gs, ss, h: adam_foreach(ps, gs, ss, h, decoupled=True)}
+FOREACH = {"sgd": lambda ps, gs, ss, h, **kw: sgd_foreach(ps, gs, ss, {**h, "momentum": h["zero"]}, **kw),
+           "momentum": sgd_foreach, "nesterov": lambda ps, gs, ss, h, **kw: sgd_foreach(ps, gs, ss, h, True, **kw),
+           "adam": adam_foreach,
+           "adamw": lambda ps, gs, ss, h, **kw: adam_foreach(ps, gs, ss, h, decoupled=True, **kw)}
 FOREACH["adamw_decoupled"] = FOREACH["adamw"]  # with torch's weight_decay (MemberOptimizer converts it)
 
 
@@ -166,7 +186,10 @@ class MemberOptimizer(torch.optim.Optimizer):
             h["any_decay"] = bool((group["weight_decay"] != 0).any())
             every = bool(h["active"].all())
             if self.foreach is not None:
-                new = self.foreach(params, [p.grad for p in params], [self.state[p] for p in params], h)
+                new = self.foreach(params, [p.grad for p in params], [self.state[p] for p in params], h,
+                                   inplace=every)
+                if new is None:
+                    continue
             else:
                 new = [self.rule(p, p.grad, self.state[p], h) for p in params]
             if every:

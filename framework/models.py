@@ -89,7 +89,9 @@ class Block(nn.Module):
 
     def forward(self, x):
         h = self.drop(self.act(self.norm(self.linear(x))))
-        return x + h if self.residual else h
+        # view_as: a no-op here; in a fused net (framework/fused.py) the first block's input is (K * B, n) rows
+        # and h is (K, B, n) stacked
+        return x.view_as(h) + h if self.residual else h
 
 
 class MLP(nn.Module):

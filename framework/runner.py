@@ -110,6 +110,23 @@ def steps_to_target(metrics: pd.DataFrame, target: float) -> int | None:
     return int(hits.index[0]) if len(hits) else None
 
 
+def epochs_to_target(metrics: pd.DataFrame, target: float) -> float | None:
+    """Epochs until the training loss reaches `target`, read from the epoch-mean training losses every run logs:
+    an epoch's mean stands at the epoch's midpoint, and the crossing is interpolated in log loss between two
+    midpoints (sub-epoch resolution with no extra logging; x steps per epoch = steps to target at every batch
+    size alike). None: never reached, or off (target 0)."""
+    if target <= 0 or "train/loss_epoch" not in metrics:
+        return None
+    losses = metrics.dropna(subset=["train/loss_epoch"]).sort_values("epoch")["train/loss_epoch"].tolist()
+    for e, loss in enumerate(losses):
+        if loss <= target:
+            if e == 0 or not (losses[e - 1] > 0 and loss > 0):
+                return e + 0.5
+            before = losses[e - 1]
+            return e - 0.5 + math.log(before / target) / math.log(before / loss)
+    return None
+
+
 def diagnostics_summary(diag: pd.DataFrame) -> dict[str, float]:
     """Median over logged steps of the first and last weight layer's gradient norm, and of saturation; at
     initialisation (the first measured step), the first/last hidden layer's back-propagated gradient norm ratio
@@ -451,6 +468,7 @@ def _persist(m: Member, store: RunStore, lead: bool, device, initial: dict, step
         "n_train": len(splits.x_train), "n_test": len(splits.x_test), "wall_s": round(time.time() - started, 3),
         "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
         "steps_to_target": steps_to_target(metrics, cfg.diagnostics.target_loss),
+        "epochs_to_target": epochs_to_target(metrics, cfg.diagnostics.target_loss),
         **diagnostics_summary(diag),
     }
     if not m.writes(lead):

@@ -185,17 +185,18 @@ def test_bench_fused_case_prints_its_ratios(tmp_path):
     assert "fused / unfused" in out.read_text()
 
 
-@pytest.mark.parametrize("name,depth,shape", [("mlp", 2, (6,)), ("linear", 0, (6,)), ("convnet", 3, (3, 8, 8)),
-                                              ("cnn5", 0, (3, 8, 8)), ("resnet18", 0, (3, 8, 8)),
-                                              ("vgg", 11, (3, 8, 8))])
-def test_every_model_in_the_registry_fuses(name, depth, shape, tiny):
+@pytest.mark.parametrize("name,depth,shape,residual", [
+    ("mlp", 2, (6,), False), ("mlp", 3, (4,), True), ("linear", 0, (6,), False), ("convnet", 3, (3, 8, 8), False),
+    ("cnn5", 0, (3, 8, 8), False), ("resnet18", 0, (3, 8, 8), False), ("vgg", 11, (3, 8, 8), False)])
+def test_every_model_in_the_registry_fuses(name, depth, shape, residual, tiny):
     """The fused net's output for each member's rows is that member's own net's output, in training mode (batch
     statistics) and in eval mode (each member's running statistics), and so are the gradients (within 1e-2: a
     VGG-11 with batch norm at batch 8 amplifies the rounding; measured worst 1.9e-3)."""
     from framework.fused import fuse_nets, member_state
     from framework.models import MODELS, build_model
     assert name in MODELS.names()
-    cfg = tiny(model__name=name, model__depth=depth, model__width=4, model__batch_norm=True)
+    cfg = tiny(model__name=name, model__depth=depth, model__width=4, model__batch_norm=True,
+               model__residual=residual)  # a residual MLP with 4 inputs adds rows to its first fused layer's output
     nets = []
     for seed in range(3):
         torch.manual_seed(seed)

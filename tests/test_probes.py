@@ -15,7 +15,7 @@ from framework.data import build_splits
 from framework.gradstats import gradient_moments, minibatch_variance, per_example_grads
 from framework.losses import LOSSES
 from framework.models import build_model
-from framework.runner import steps_to_target, train, train_group
+from framework.runner import epochs_to_target, steps_to_target, train, train_group
 from framework.store import RunStore
 
 
@@ -90,6 +90,15 @@ def test_steps_to_target_takes_the_first_step_at_or_below_the_target():
     assert steps_to_target(probe, 0.05) is None
     mini = pd.DataFrame({"step": np.arange(4, 100, 5), "train/loss": np.r_[np.ones(10), np.zeros(10)]})
     assert steps_to_target(mini, 0.5) == 64  # the last five logged losses (1, 1, 0, 0, 0) average 0.4 at step 64
+
+
+def test_epochs_to_target_interpolates_between_epoch_means():
+    """An epoch's mean loss stands at its midpoint: 0.4 (epoch 0, t = 0.5) then 0.1 (epoch 1, t = 1.5) reach 0.2
+    half-way in log loss, at t = 1.0; a first epoch already at target is 0.5; never reached or off is None."""
+    epochs = pd.DataFrame({"step": [9, 19, 29], "epoch": [0, 1, 2], "train/loss_epoch": [0.4, 0.1, 0.05]})
+    assert epochs_to_target(epochs, 0.2) == pytest.approx(1.0)
+    assert epochs_to_target(epochs, 0.5) == 0.5
+    assert epochs_to_target(epochs, 0.01) is None and epochs_to_target(epochs, 0.0) is None
 
 
 def probed(lr, seed=0, **extra):
