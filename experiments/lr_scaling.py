@@ -50,8 +50,10 @@ def _error(row) -> float:
     return float(row["test_error"]) if row["status"] == "done" and pd.notna(row.get("test_error")) else math.nan
 
 
-def steps_to_target(row) -> float:
-    """Steps to the target loss: the run's epochs to target x its steps per epoch; inf when it did not get there."""
+def steps_from_epochs(row) -> float:
+    """Steps to the target loss: the run's epochs to target x its steps per epoch; inf when it did not get there.
+    (Not the summary's steps_to_target, which smooths the minibatch losses logged every 5 steps: a batch-512 run
+    has 30 steps.)"""
     epochs = row.get("epochs_to_target")
     if row["status"] != "done" or epochs is None or pd.isna(epochs):
         return math.inf
@@ -73,7 +75,7 @@ def analyse(runs: pd.DataFrame) -> dict:
     linear-rule outcomes."""
     sweep = runs[runs["rule"] == "sweep"].copy()
     sweep["loss"] = sweep.apply(_loss, axis=1)
-    sweep["steps"] = sweep.apply(steps_to_target, axis=1)
+    sweep["steps"] = sweep.apply(steps_from_epochs, axis=1)
     batches = sorted(sweep["data.batch_size"].unique())
     best = sweep.loc[sweep.groupby("data.batch_size")["loss"].idxmin()].set_index("data.batch_size")
     fewest = sweep.groupby("data.batch_size")["steps"].min()

@@ -117,13 +117,14 @@ def epochs_to_target(metrics: pd.DataFrame, target: float) -> float | None:
     size alike). None: never reached, or off (target 0)."""
     if target <= 0 or "train/loss_epoch" not in metrics:
         return None
-    losses = metrics.dropna(subset=["train/loss_epoch"]).sort_values("epoch")["train/loss_epoch"].tolist()
-    for e, loss in enumerate(losses):
-        if loss <= target:
-            if e == 0 or not (losses[e - 1] > 0 and loss > 0):
-                return e + 0.5
-            before = losses[e - 1]
-            return e - 0.5 + math.log(before / target) / math.log(before / loss)
+    logged = metrics.dropna(subset=["train/loss_epoch"]).sort_values("epoch")
+    before = None  # (epoch, loss) of the epoch logged before
+    for epoch, loss in zip(logged["epoch"].astype(int), logged["train/loss_epoch"]):
+        if loss <= target:  # between the midpoints of the epoch before (if logged) and this one
+            if before is None or before[0] != epoch - 1 or not (before[1] > 0 and loss > 0):
+                return epoch + 0.5
+            return epoch - 0.5 + math.log(before[1] / target) / math.log(before[1] / loss)
+        before = (epoch, loss)
     return None
 
 

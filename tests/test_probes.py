@@ -99,6 +99,9 @@ def test_epochs_to_target_interpolates_between_epoch_means():
     assert epochs_to_target(epochs, 0.2) == pytest.approx(1.0)
     assert epochs_to_target(epochs, 0.5) == 0.5
     assert epochs_to_target(epochs, 0.01) is None and epochs_to_target(epochs, 0.0) is None
+    # epochs are read from the epoch column: an epoch with no finite mean (a NaN row) shifts nothing after it
+    gap = pd.DataFrame({"step": [9, 19, 29], "epoch": [0, 1, 2], "train/loss_epoch": [0.4, float("nan"), 0.1]})
+    assert epochs_to_target(gap, 0.2) == 2.5
 
 
 def probed(lr, seed=0, **extra):
