@@ -310,23 +310,35 @@ class TensorBatches:
         self.epoch, self.skip_batches = epoch, done
 
     def __iter__(self):
+        for idx, augment_at in self.indices():
+            yield self.take(idx, augment_at)
+
+    def epoch_plan(self):
+        """This epoch's sample order and augmentation draws, and where it starts (after a resume mid-epoch)."""
         n, device = len(self.x), self.x.device
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         # drawn per position in the epoch, after the order, from the same stream: fixed by (seed, epoch)
         shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(device) if self.crop else None
         flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None
-        order = order.to(device)
-        rank, world = _rank_and_world()
         first, self.skip_batches = self.skip_batches * self.batch_size, 0
-        for start in range(first, n, self.batch_size):
+        return order.to(device), shifts, flips, first
+
+    def indices(self):
+        """Each batch's sample indices in this epoch's order, and what `take` needs to augment them."""
+        order, shifts, flips, first = self.epoch_plan()
+        rank, world = rank_and_world()
+        for start in range(first, len(self.x), self.batch_size):
             batch = slice(start, start + self.batch_size)
-            idx = order[batch][rank::world]
-            x = self.x[idx]
-            if self.crop or self.flip:
-                x = augment(x, shifts[batch][rank::world] if self.crop else None,
-                            flips[batch][rank::world] if self.flip else None, self.padding)
-            yield x, self.y[idx]
+            yield order[batch][rank::world], (shifts, flips, batch, rank, world)
+
+    def take(self, idx: torch.Tensor, augment_at) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[idx]
+        if self.crop or self.flip:
+            shifts, flips, batch, rank, world = augment_at
+            x = augment(x, shifts[batch][rank::world] if self.crop else None,
+                        flips[batch][rank::world] if self.flip else None, self.padding)
+        return x, self.y[idx]
 
 
 def check_shares(n_train: int, batch_size: int, world: int) -> None:
@@ -340,7 +352,7 @@ def check_shares(n_train: int, batch_size: int, world: int) -> None:
                         f"so that n_train % batch_size is 0 or a multiple of {world}")
 
 
-def _rank_and_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -367,7 +379,7 @@ class TensorDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         x, y = self._tensors("train")
-        check_shares(len(x), self.cfg.batch_size, _rank_and_world()[1])
+        check_shares(len(x), self.cfg.batch_size, rank_and_world()[1])
         return TensorBatches(x, y, self.cfg.batch_size, shuffle=True, seed=self.seed, augment=self.cfg.augment,
                              padding=self.cfg.crop_padding)
 

@@ -13,19 +13,22 @@ from framework.registry import Registry
 @dataclass(frozen=True)
 class Activation:
     build: Callable[[], nn.Module]
-    # d(out)/d(in) from the module's input and output, and its maximum: saturation = slope far below the max.
+    # d(out)/d(in) from the module's input and output, a new tensor (diagnostics compare it in place), and its
+    # maximum: saturation = slope far below the max.
     slope: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     max_slope: float
+    reads_input: bool = True  # False: slope reads the output only (diagnostics then keep no copy of the input)
 
 
 ACTIVATIONS: Registry[Activation] = Registry("activation")
 for _name, _act in {
-    "sigmoid": Activation(nn.Sigmoid, lambda x, y: y * (1 - y), 0.25),
-    "tanh": Activation(nn.Tanh, lambda x, y: 1 - y * y, 1.0),
+    "sigmoid": Activation(nn.Sigmoid, lambda x, y: torch.addcmul(y, y, y, value=-1), 0.25, reads_input=False),
+    "tanh": Activation(nn.Tanh, lambda x, y: torch.addcmul(torch.ones_like(y), y, y, value=-1), 1.0,
+                       reads_input=False),
     "relu": Activation(nn.ReLU, lambda x, y: (x > 0).float(), 1.0),
     "leaky_relu": Activation(nn.LeakyReLU, lambda x, y: torch.where(x > 0, 1.0, 0.01), 1.0),
     "elu": Activation(nn.ELU, lambda x, y: torch.where(x > 0, torch.ones_like(y), y + 1), 1.0),
-    "identity": Activation(nn.Identity, lambda x, y: torch.ones_like(y), 1.0),
+    "identity": Activation(nn.Identity, lambda x, y: torch.ones_like(y), 1.0, reads_input=False),
 }.items():
     ACTIVATIONS.register(_name)(_act)
 

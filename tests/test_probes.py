@@ -7,14 +7,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from framework.config import DataConfig, ModelConfig, RunConfig, apply
 from framework.curvature import full_hessian, top_eigenvalue
-from framework.data import build_splits
+from framework.data import Splits, TensorDataModule, build_splits
+from framework.diagnostics import Diagnostics
 from framework.gradstats import gradient_moments, minibatch_variance, per_example_grads
 from framework.losses import LOSSES
-from framework.models import build_model
+from framework.models import activation_modules, build_model, linear_layers
+from framework.module import build_module
 from framework.runner import epochs_to_target, steps_to_target, train, train_group
 from framework.store import RunStore
 
@@ -130,3 +133,61 @@ def test_probes_in_a_run_and_in_a_fused_group_agree_and_change_no_trained_number
         assert list(pa["step"]) == list(range(0, 24, 8))
         np.testing.assert_allclose(pa.to_numpy(), pf.to_numpy(), rtol=2e-3)
         assert (pa["probe/noise_scale"] > 0).all() and (pa["probe/sharpness"] > 0).all()
+
+
+class _Reference(pl.Callback):
+    """Step 0's diagnostics computed the plain way, a layer at a time, by hooks of its own."""
+
+    def __init__(self):
+        self.outputs, self.grads = {}, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0:
+            self.hooks = [m.register_forward_hook(self._hook(i, act))
+                          for i, (m, act) in enumerate(activation_modules(pl_module.net))]
+
+    def _hook(self, i, act):
+        def hook(module, inputs, output):
+            self.outputs[i] = (act, inputs[0].detach().clone(), output.detach().clone())
+            output.register_hook(lambda g: self.grads.__setitem__(i, g.detach().clone()))
+        return hook
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step != 0:
+            return
+        for h in self.hooks:
+            h.remove()
+        self.rows = []
+        for i, layer in enumerate(linear_layers(pl_module.net)):
+            w = layer.weight.detach()
+            row = {"grad_norm": float(layer.weight.grad.norm()), "weight_norm": float(w.norm()),
+                   "unit_spread": float((w.reshape(w.shape[0], -1) - w.reshape(w.shape[0], -1)[:1]).abs().max())}
+            if i in self.outputs:
+                act, x, y = self.outputs[i]
+                row.update(saturation=float((act.slope(x, y) < 0.05 * act.max_slope).float().mean()),
+                           act_var=float(y.var()), act_grad_norm=float(self.grads[i].norm()))
+            self.rows.append(row)
+
+
+@pytest.mark.parametrize("model", [{"model.activation": "tanh"}, {"model.activation": "relu"},
+                                   {"model.activation": "sigmoid", "model.batch_norm": True}])
+def test_diagnostics_equal_a_layer_by_layer_computation(model):
+    """The diagnostics measure layers of one shape together (stacked): the same numbers as one layer at a time."""
+    cfg = apply(RunConfig(), {"model.depth": 4, "model.width": 6, "data.batch_size": 32, "trainer.max_steps": 1,
+                              "trainer.accelerator": "cpu", **model})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, generator=g) * 3, torch.randint(0, 3, (64,), generator=g)
+    splits = Splits(x, y, x[:0], y[:0], x[:0], y[:0], 3)
+    diagnostics, reference = Diagnostics(every_n_steps=1), _Reference()
+    trainer = pl.Trainer(max_steps=1, callbacks=[reference, diagnostics], logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(build_module(cfg, splits), datamodule=TensorDataModule(splits, cfg.data, cfg.seed))
+    rows = [r for r in diagnostics.member_rows(0) if r["step"] == 0]
+    assert len(rows) == len(reference.rows) == 5
+    for got, want in zip(rows, reference.rows):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
+        if len(want) == 3:  # the head has no activation
+            assert math.isnan(got["saturation"]) and math.isnan(got["act_var"])
+    if not cfg.model.batch_norm:  # inputs x 3 saturate some units (batch norm rescales them): a real check
+        assert any(r["saturation"] > 0 for r in rows[:-1])
