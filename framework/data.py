@@ -333,12 +333,12 @@ class TensorBatches:
             yield order[batch][rank::world], (shifts, flips, batch, rank, world)
 
     def take(self, idx: torch.Tensor, augment_at) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.x[idx]
+        x = self.x.index_select(0, idx)  # 6x faster than x[idx] on a CPU
         if self.crop or self.flip:
             shifts, flips, batch, rank, world = augment_at
             x = augment(x, shifts[batch][rank::world] if self.crop else None,
                         flips[batch][rank::world] if self.flip else None, self.padding)
-        return x, self.y[idx]
+        return x, self.y.index_select(0, idx)
 
 
 def check_shares(n_train: int, batch_size: int, world: int) -> None:

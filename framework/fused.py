@@ -238,13 +238,13 @@ class FusedBatches:
             rank, world = rank_and_world()
             for at in range(start, len(first.x), first.batch_size):
                 idx = orders[:, at:at + first.batch_size][:, rank::world].reshape(-1)
-                yield first.x[idx], first.y[idx]
+                yield first.x.index_select(0, idx), first.y.index_select(0, idx)
             return
         for parts in zip(*(b.indices() for b in self.loaders)):
             idx = torch.cat([i for i, _ in parts]) if shared_x or shared_y else None
             taken = None if shared_x and shared_y else [b.take(i, a) for b, (i, a) in zip(self.loaders, parts)]
-            yield (first.x[idx] if shared_x else torch.cat([x for x, _ in taken]),
-                   first.y[idx] if shared_y else torch.cat([y for _, y in taken]))
+            yield (first.x.index_select(0, idx) if shared_x else torch.cat([x for x, _ in taken]),
+                   first.y.index_select(0, idx) if shared_y else torch.cat([y for _, y in taken]))
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -320,6 +320,11 @@ class FusedModule(pl.LightningModule):
         for d in dropout:
             d.generators = self._dropout_generators or None
 
+    def _parameters_list(self) -> list[torch.Tensor]:
+        if getattr(self, "_params_cache", None) is None:
+            self._params_cache = list(self.net.parameters())
+        return self._params_cache
+
     def _total_steps(self, c) -> int:
         return c.trainer.max_steps if c.trainer.max_steps > 0 else self.steps_per_epoch * c.trainer.max_epochs
 
@@ -363,7 +368,8 @@ class FusedModule(pl.LightningModule):
                     logger.log_metrics({"train/loss": values[i], "lr": lrs[i], "epoch": self.current_epoch}, step=step)
             self._check_divergence(after_step=True)
         optimizer.optimizer.set_lr(lrs)
-        optimizer.zero_grad(set_to_none=True)
+        for p in self._parameters_list():  # torch's zero_grad(set_to_none) took 0.7 ms a step of 102 parameters
+            p.grad = None
         if self._l2 is not None:  # each member's own 1/2 l2 ||theta||^2, as its lone run adds it
             l2 = self._l2.to(losses.device)
             losses = losses + 0.5 * l2 * sum(p.reshape(self.k, -1).pow(2).sum(1) for p in self.net.parameters())

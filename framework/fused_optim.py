@@ -171,6 +171,7 @@ class MemberOptimizer(torch.optim.Optimizer):
         defaults.update(lr=torch.tensor(lr, dtype=torch.float32), active=torch.ones(k, dtype=torch.bool),
                         zero=torch.zeros(k))
         super().__init__(params, defaults)
+        self.any_decay = any(wd != 0 for wd in hparams["weight_decay"])  # fixed: no host sync a step to learn it
 
     def set_lr(self, lr: list[float] | torch.Tensor) -> None:
         for group in self.param_groups:
@@ -189,7 +190,7 @@ class MemberOptimizer(torch.optim.Optimizer):
                 continue
             device = params[0].device
             h = {k: v.to(device) for k, v in group.items() if isinstance(v, torch.Tensor)}
-            h["any_decay"] = bool((group["weight_decay"] != 0).any())
+            h["any_decay"] = self.any_decay
             every = bool(h["active"].all())
             if self.foreach is not None:
                 new = self.foreach(params, [p.grad for p in params], [self.state[p] for p in params], h,
