@@ -9,6 +9,7 @@ framework) pairs of framework / plain, with its range.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -262,14 +263,24 @@ def record(path: Path, rows: list[dict], epoch: dict | None, size: str, extra: d
 # another and against a hand-written fused loop
 FUSED_CASES = {"fused_mlp_16x50x10": {"members": 16, "model.depth": 50, "model.width": 10,
                                       "model.activation": "sigmoid", "data.batch_size": 128}}
+_IMAGES = {"data.name": "random_images", "data.n_samples": 4096, "data.n_classes": 10, "data.val_fraction": 0.0,
+           "data.batch_size": 128, "model.name": "resnet18"}
+for _width in (4, 16):  # the fused-training issue's GPU figures: CIFAR-shaped data, no files needed
+    FUSED_CASES[f"fused_resnet18_16xw{_width}"] = {"members": 16, **_IMAGES, "model.width": _width}
 FUSED_SIZES = {"small": {"steps": 30, "warmup": 5, "repeats": 1}, "full": {"steps": 200, "warmup": 20, "repeats": 4}}
+# a ResNet step takes seconds on a CPU: fewer steps there; on a GPU fewer repeats keep the four sides in minutes
+IMAGE_SIZES = {("small", "cpu"): {"steps": 4, "warmup": 1, "repeats": 1},
+               ("full", "cpu"): {"steps": 10, "warmup": 2, "repeats": 1},
+               ("small", "cuda"): {"steps": 30, "warmup": 10, "repeats": 1},
+               ("full", "cuda"): {"steps": 100, "warmup": 20, "repeats": 2}}
 
 
-def _fused_configs(case: dict, steps: int, extra: dict) -> list[RunConfig]:
-    """K runs that differ in seed and learning rate (a seed x lr sweep), on the digits (1,078 training images)."""
+def _fused_configs(case: dict, steps: int, extra: dict, device: str = "cpu") -> list[RunConfig]:
+    """K runs that differ in seed and learning rate (a seed x lr sweep), on the digits (1,078 training images)
+    unless the case names other data."""
     over = {k: v for k, v in case.items() if k != "members"}
     lrs = (0.01, 0.02, 0.05, 0.1)
-    return [_bench_config("cpu", {"experiment": "bench_fused", "data.name": "digits", "trainer.max_steps": steps,
+    return [_bench_config(device, {"experiment": "bench_fused", "data.name": "digits", "trainer.max_steps": steps,
                                   "trainer.max_epochs": -1, "seed": i, "optim.lr": lrs[i % len(lrs)], **over,
                                   **extra}) for i in range(case["members"])]
 
@@ -303,17 +314,19 @@ def raw_fused_rate(cfgs: list[RunConfig], steps: int, warmup: int) -> float:
     from framework.data import build_splits
     from framework.fused import fuse_nets
     cfg = cfgs[0]
+    device = "cuda" if cfg.trainer.accelerator == "gpu" else "cpu"
     splits = build_splits(cfg.data)
-    x, y = splits.x_train, splits.y_train
+    x, y = splits.x_train.to(device), splits.y_train.to(device)
     k, bs = len(cfgs), cfg.data.batch_size
     nets = []
     for c in cfgs:
         pl.seed_everything(c.seed, verbose=False)
         nets.append(build_module(c, splits).net)
-    net = fuse_nets(nets)
+    net = fuse_nets(nets).to(device)
+    net.train()
     params = list(net.parameters())
     buffers = [torch.zeros_like(p) for p in params]
-    lr = torch.tensor([c.optim.lr for c in cfgs])
+    lr = torch.tensor([c.optim.lr for c in cfgs], device=device)
     lrs = [lr.view(k, *([1] * (p.dim() - 1))) for p in params]
     mu = cfg.optim.momentum
     g = torch.Generator().manual_seed(0)
@@ -321,10 +334,11 @@ def raw_fused_rate(cfgs: list[RunConfig], steps: int, warmup: int) -> float:
     step, start, pos = 0, None, 0
     while step < warmup + steps:
         if step == warmup:
+            _sync(device)
             start = time.perf_counter()
         if pos >= len(x):
             orders, pos = [torch.randperm(len(x), generator=g) for _ in range(k)], 0
-        idx = torch.cat([o[pos:pos + bs] for o in orders])
+        idx = torch.cat([o[pos:pos + bs] for o in orders]).to(device)
         pos += bs
         out = net(x[idx])
         loss = torch.nn.functional.cross_entropy(out, y[idx], reduction="none").view(k, -1).mean(1).sum()
@@ -336,6 +350,7 @@ def raw_fused_rate(cfgs: list[RunConfig], steps: int, warmup: int) -> float:
                 buf.mul_(mu).add_(p.grad)
                 p.sub_(r * buf)
         step += 1
+    _sync(device)
     return steps * bs * k / (time.perf_counter() - start)
 
 
@@ -384,12 +399,14 @@ def handwritten_fused_rate(cfgs: list[RunConfig], steps: int, warmup: int) -> fl
 
 
 def run_fused(name: str = "fused_mlp_16x50x10", size: str = "small", extra: dict | None = None,
-              report=print) -> dict:
+              report=print, device: str | None = None) -> dict:
     """Samples/s of the fused framework, of the same runs one after another (--fuse off) and of a raw fused loop,
     alternated `repeats` times in this process; the ratios are medians over the repeats."""
     from framework.runner import set_threads
-    s = FUSED_SIZES[size]
-    cfgs = _fused_configs(FUSED_CASES[name], s["warmup"] + s["steps"], extra or {})
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    mlp = FUSED_CASES[name].get("model.name", "mlp") == "mlp"
+    s = FUSED_SIZES[size] if mlp else IMAGE_SIZES[(size, device)]
+    cfgs = _fused_configs(FUSED_CASES[name], s["warmup"] + s["steps"], extra or {}, device)
     threads = set_threads(cfgs[0])
     fused, unfused, raw, hand, fused_e2e, unfused_e2e = [], [], [], [], [], []
     samples_whole = len(cfgs) * (s["warmup"] + s["steps"]) * cfgs[0].data.batch_size
@@ -400,12 +417,13 @@ def run_fused(name: str = "fused_mlp_16x50x10", size: str = "small", extra: dict
         whole_rates.append(samples_whole / whole)
 
     sides = [lambda: raw.append(raw_fused_rate(cfgs, s["steps"], s["warmup"])),
-             lambda: hand.append(handwritten_fused_rate(cfgs, s["steps"], s["warmup"])),
+             lambda: hand.append(handwritten_fused_rate(cfgs, s["steps"], s["warmup"]) if mlp and device == "cpu"
+                                 else math.nan),
              lambda: framework("auto", fused, fused_e2e), lambda: framework("off", unfused, unfused_e2e)]
     for r in range(s["repeats"]):  # each repeat starts with another side: drift in machine load hits all alike
         for i in range(len(sides)):
             sides[(i + r) % len(sides)]()
-    row = {"case": name, "members": len(cfgs), "batch": cfgs[0].data.batch_size, "steps": s["steps"],
+    row = {"case": name, "device": device, "members": len(cfgs), "batch": cfgs[0].data.batch_size, "steps": s["steps"],
            "repeats": s["repeats"], "threads": threads,
            "fused_samples_s": statistics.median(fused), "unfused_samples_s": statistics.median(unfused),
            "raw_samples_s": statistics.median(raw), "handwritten_samples_s": statistics.median(hand),
@@ -418,7 +436,8 @@ def run_fused(name: str = "fused_mlp_16x50x10", size: str = "small", extra: dict
 
 def record_fused(path: Path, row: dict, size: str) -> None:
     import datetime
-    lines = [f"\n## {datetime.date.today().isoformat()}: fused training, {device_name('cpu')}, size {size}\n",
+    lines = [f"\n## {datetime.date.today().isoformat()}: fused training, {device_name(row.get('device', 'cpu'))}, "
+             f"size {size}\n",
              f"torch {torch.__version__}, pytorch-lightning {pl.__version__}; `repro bench --size {size} --case "
              f"{row['case']}`; {row['members']} runs, batch {row['batch']}, {row['steps']} timed steps x "
              f"{row['repeats']} repeats\n",

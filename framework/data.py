@@ -80,6 +80,15 @@ def gaussian(cfg, rng) -> Dataset:
     return Dataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), cfg.n_classes)
 
 
+@DATASETS.register("random_images")
+def random_images(cfg, rng) -> Dataset:
+    """CIFAR-shaped images (3 x 32 x 32) of Gaussian pixels with uniformly random labels (n_classes): for timing
+    image models where no image files are (repro bench's fused ResNet cases)."""
+    x = rng.standard_normal((cfg.n_samples, 3, 32, 32), dtype=np.float32)
+    y = rng.integers(0, cfg.n_classes, size=cfg.n_samples)
+    return Dataset(torch.from_numpy(x), torch.tensor(y, dtype=torch.long), cfg.n_classes, standardise=False)
+
+
 @DATASETS.register("quadratic")
 def quadratic(cfg, rng) -> Dataset:
     """Least squares with a prescribed Hessian: n_samples rows of n_features, built so that X^T X / n is exactly
