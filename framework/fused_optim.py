@@ -177,6 +177,13 @@ class MemberOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             group["lr"] = torch.as_tensor(lr, dtype=torch.float32)
 
+    def _all_active(self, active: torch.Tensor) -> bool:
+        """Whether no member is frozen, read from the device once per `active` tensor (freeze and a checkpoint's
+        load make new ones): a read every step would wait for the GPU to finish the step's work."""
+        if getattr(self, "_active_seen", (None, None))[0] is not active:
+            self._active_seen = (active, bool(active.all()))
+        return self._active_seen[1]
+
     def freeze(self, member: int) -> None:
         for group in self.param_groups:
             group["active"] = group["active"].clone()
@@ -191,7 +198,7 @@ class MemberOptimizer(torch.optim.Optimizer):
             device = params[0].device
             h = {k: v.to(device) for k, v in group.items() if isinstance(v, torch.Tensor)}
             h["any_decay"] = self.any_decay
-            every = bool(h["active"].all())
+            every = self._all_active(group["active"])
             if self.foreach is not None:
                 new = self.foreach(params, [p.grad for p in params], [self.state[p] for p in params], h,
                                    inplace=every)
