@@ -338,7 +338,8 @@ def bench(
     size: str = typer.Option("small", help="small (CI, seconds per case) or full (the recorded figures)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
     case: Optional[List[str]] = typer.Option(None, help="only these cases (deep_mlp_50x10, wide_mlp_2x2048, "
-                                                        "resnet18_cifar, fused_mlp_16x50x10)"),
+                                                        "resnet18_cifar, fused_mlp_16x50x10; on a GPU by default "
+                                                        "also fused_resnet18_16xw4, fused_resnet18_16xw16)"),
     epoch: bool = typer.Option(False, help="also time an epoch of ResNet-18 on CIFAR-10 (real files when "
                                            "data.root has them, else 50,000 CIFAR-shaped images)"),
     record: Optional[Path] = typer.Option(None, help="append the table, dated, with the machine, to this "
