@@ -176,7 +176,8 @@ def input_shape(cfg) -> tuple[tuple[int, ...], int]:
     if cfg.name in SOURCES:
         return SOURCES[cfg.name].shape, SOURCES[cfg.name].n_classes
     shapes = {"digits": ((64,), 10), "gaussian": ((cfg.n_features,), cfg.n_classes), "regression1d": ((1,), 1),
-              "wilson": ((3 + 5 * cfg.n_samples,), 1), "quadratic": ((cfg.n_features,), 1), "location": ((1,), 1)}
+              "wilson": ((3 + 5 * cfg.n_samples,), 1), "quadratic": ((cfg.n_features,), 1), "location": ((1,), 1),
+              "random_images": ((3, 32, 32), cfg.n_classes)}
     return shapes[cfg.name]
 
 

@@ -103,7 +103,8 @@ def test_datasets(dataset, tiny, store, cifar_root):
     else:
         assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == (1797 if dataset == "digits" else 240)
     features = {"digits": 64, "gaussian": 6, "regression1d": 1, "wilson": 3 + 5 * 240, "mnist": 784,
-                "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072, "quadratic": 6, "location": 1}[dataset]
+                "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072, "quadratic": 6, "location": 1,
+                "random_images": 3072}[dataset]
     assert splits.x_train[0].numel() == features
     from framework.data import input_shape
     assert tuple(input_shape(cfg.data)[0]) == splits.in_shape and input_shape(cfg.data)[1] == splits.n_outputs, \
