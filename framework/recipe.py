@@ -341,6 +341,32 @@ def pick(runs: pd.DataFrame, **axes) -> pd.Series | None:
     return hits.iloc[0] if len(hits) else None
 
 
+def best_rate(rates, costs) -> float:
+    """The learning rate that minimises `costs` (steps to target, a final loss) over a grid, refined between grid
+    points: the vertex of the parabola through the grid's best point and its two neighbours, in log rate and log
+    cost. A grid's argmin moves in whole grid steps (a factor sqrt(2) or 2), and on a flat optimum which point wins
+    is a coin toss between seeds; the vertex moves continuously and stays within half a grid step of the best point.
+    At the grid's edge, or next to a rate that diverged or missed the target, it is the grid point itself; nan when
+    no rate has a finite cost. (Written by hand: numpy and scipy have no argmin refinement of a sampled curve.)"""
+    pairs = sorted((float(r), float(c)) for r, c in zip(rates, costs))
+    if not pairs or not any(math.isfinite(c) and c > 0 for _, c in pairs):
+        return math.nan
+    def key(k):  # lowest finite cost; on a tie, an interior point (the optimum lies between the tied rates)
+        c = pairs[k][1]
+        return (c if math.isfinite(c) and c > 0 else math.inf, k in (0, len(pairs) - 1))
+    i = min(range(len(pairs)), key=key)
+    if i == 0 or i == len(pairs) - 1 or not all(math.isfinite(pairs[k][1]) and pairs[k][1] > 0 for k in (i - 1, i + 1)):
+        return pairs[i][0]
+    (x0, y0), (x1, y1), (x2, y2) = [(math.log(r), math.log(c)) for r, c in pairs[i - 1:i + 2]]
+    curvature = (y2 - y1) / (x2 - x1) - (y1 - y0) / (x1 - x0)
+    if curvature <= 0:   # all three equal: no refinement
+        return pairs[i][0]
+    # vertex of the parabola through the three points (Lagrange form, unequal spacing allowed)
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    return math.exp(x1 - 0.5 * num / den)
+
+
 def fewest_steps(rows: pd.DataFrame) -> tuple[float, float]:
     """Over a learning-rate grid: the fewest steps to target (the runs' steps_to_target) and that learning rate;
     (inf, nan) when no finished run reached the target."""

@@ -106,7 +106,8 @@ def _best(frame, best_lr: dict, steps: dict):
     return frame
 
 
-LAW = {b: 10 * (1 + 50 / b) for b in (8, 32, 128)}      # S = S_min (1 + B_crit / B): S_min 10, B_crit 50
+LAW = {b: 10 * (1 + 100 / b) for b in (8, 32, 128)}     # S = S_min (1 + B_crit / B): S_min 10, B_crit 100
+# below B_crit (8 and 32) the best rate x4, slope 1: Eq. 2.7's slope there is log4(13.5 / 4.125) = 0.86, ratio 1.17
 LINEAR_LR = {8: 0.1, 32: 0.4, 128: 0.8}
 
 

@@ -95,3 +95,15 @@ def test_the_framework_adds_the_seed_axis():
 def test_bad_seeds_are_named(spec, overrides, seeds, base, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         expand("x", spec, "smoke", overrides, seeds=seeds, seed_base=base)
+
+
+def test_best_rate_refines_the_grid_argmin_between_its_neighbours():
+    from framework.recipe import best_rate
+    grid = [0.05, 0.1, 0.2, 0.4]
+    assert best_rate(grid, [4.0, 1.0, 4.0, 9.0]) == pytest.approx(0.1)       # symmetric neighbours: the grid point
+    lean = best_rate(grid, [2.0, 1.0, 4.0, 9.0])                              # the lower neighbour is the closer
+    assert 0.05 * 2 ** 0.5 <= lean < 0.1                                      # within half a grid step, towards it
+    assert best_rate(grid, [1.0, 2.0, 4.0, 9.0]) == 0.05                      # at the grid's edge: the edge
+    assert best_rate(grid, [math.inf, 1.0, 4.0, 9.0]) == 0.1                  # next to a diverged rate: the point
+    assert best_rate(grid, [4.0, 1.0, 1.0, 9.0]) == pytest.approx(0.1 * 2 ** 0.5)  # a tie: between the two
+    assert math.isnan(best_rate(grid, [math.inf] * 4))
