@@ -10,8 +10,10 @@ follow the same recursion step by step. The measured variance is twice the probe
 probes after BURN_IN steps (the inverse-time run: over its last half).
 
 Claims, each measured on every seed:
-1. The stationary variance matches the closed form eta v / (2 - eta) over step sizes x batch sizes: the geometric
-   mean of measured / predicted over the grid lies within CLOSE (Mandt et al. Sec. 3-4, Eq. 10-13).
+1. The stationary variance matches the closed form eta v / (2 - eta) over step sizes x batch sizes: the mean of
+   measured / predicted over the grid lies within CLOSE (Mandt et al. Sec. 3-4, Eq. 10-13). The runs of one
+   batch size share their batches (one seed, one order), so their ratios move together: a seed's mean spreads
+   by about 6% at 2000 steps, and the runs now take 3000.
 2. Under the decaying step size lr * b / (b + t) the variance shrinks as the recursion predicts: measured /
    predicted over the last half of the run within BAND (Mandt et al. Sec. 4; Robbins-Monro).
 3. Momentum mu at step size eta (1 - mu) tracks plain SGD at eta: the ratio of their stationary variances lies
@@ -19,12 +21,13 @@ Claims, each measured on every seed:
 4. Multiplying the batch size by k matches dividing the step size by k: the variances of equal eta / B pairs agree
    within BAND (Smith et al. 2018, Sec. 2 and 3; Smith & Le 2018).
 5. On an MLP at a step size where the constant one is noise-limited (Smith et al.'s lr 0.1 with momentum 0.9),
-   decayed schedules (cosine, step) end at a lower training loss than a constant step size at an equal budget:
-   log10 constant / decayed, the smaller of the two, is above 0 (Smith et al. 2018, Fig. 1; Mandt et al. 2017).
-   The end is the mean over the last END_EPOCHS epochs: the constant run's loss is a draw from its stationary
-   spread (over seeds 0-4 its last-epoch loss ranged over three decades, 0.0002 to 0.3). Where the net
-   interpolates the data the per-example gradients and with them the noise vanish, and a constant step can end
-   as low as a decayed one (seed 1 did): the claim holds where SGD's noise persists.
+   decayed schedules (cosine, step decay x0.2) end at a lower training loss than a constant step size at an equal
+   budget: log10 constant / decayed, the smaller of the two, is above 0 (Smith et al. 2018, Fig. 1; Mandt et al.
+   2017). The end is the mean over the last END_EPOCHS epochs: the constant run's loss is a draw from its
+   stationary spread. The claim holds where SGD's noise persists: where the net interpolates its data the
+   per-example gradients and with them the noise vanish, and a constant step can end lower than a decayed one
+   (on clean digits it did at 3 of seeds 0-9, at 0.0002). So a fifth of the training labels are random here,
+   which the net cannot fit in its budget, as Mandt et al.'s regressions cannot be fit exactly.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from framework.recipe import Recipe, history, pick, row_config
 from framework.verdict import Claim, above, within
 
 BURN_IN = 500          # steps before the stationary average (>= 20 relaxation times 1 / (2 eta) of eta 0.05)
-CLOSE = (1 / 1.1, 1.1)  # the grid's geometric-mean ratio: the notes' 10%, about 4 of its standard errors here
+CLOSE = (1 / 1.1, 1.1)  # the grid's mean ratio: the notes' 10%
 BAND = (0.8, 1.25)     # one comparison of two runs' averages: about 3 standard errors of one seed's ratio here
 
 
@@ -137,27 +140,39 @@ class SgdTemperature(Recipe):
             m, p, q = spread_of(r)
             ratios[f"lr={r['cfg.optim.lr']:g},B={int(r['cfg.data.batch_size'])}"] = \
                 {"measured": m, "predicted": p, "ratio": q}
-        logs = [math.log(v["ratio"]) for v in ratios.values() if v["ratio"] > 0]
-        closed = math.exp(sum(logs) / len(logs)) if logs and len(logs) == len(ratios) else math.nan
+        # the arithmetic mean: each run's measured variance is an unbiased estimate, and a geometric mean of ratios
+        # that spread by 10-15% per run sits about 1% low (E log r < log E r)
+        known = [v["ratio"] for v in ratios.values() if math.isfinite(v["ratio"])]
+        closed = float(np.mean(known)) if known and len(known) == len(ratios) else math.nan
 
-        inv = pick(runs, part="inverse_time")
-        decay, decay_numbers = math.nan, {}
-        if inv is not None and inv["status"] == "done":
+        # claims 2 and 3 at each batch size the grid has them (their runs at one batch share its batches, so
+        # one batch size is one draw of the noise): the mean of the per-batch ratios
+        decays, decay_numbers = [], {}
+        for _, inv in runs[runs["part"] == "inverse_time"].iterrows():
+            b = int(inv["cfg.data.batch_size"])
+            if inv["status"] != "done":
+                decays.append(math.nan)
+                continue
             d = excess(store, self.name, inv)
             steps = int(inv["steps"])
             path = predicted_path(row_config(inv), steps)
             late = d[d.index >= steps // 2]
             predicted = float(np.mean([path[int(t)] for t in late.index if t <= steps]))
-            decay = float(late.mean()) / predicted
+            decays.append(float(late.mean()) / predicted)
             constant_peak = predicted_variance(row_config(inv))
-            decay_numbers = {"measured_late": float(late.mean()), "predicted_late": predicted,
-                             "stationary_at_peak_lr": constant_peak,
-                             "shrunk_by": constant_peak / float(late.mean()) if late.mean() > 0 else None}
+            decay_numbers[f"B={b}"] = {"measured_late": float(late.mean()), "predicted_late": predicted,
+                                       "stationary_at_peak_lr": constant_peak,
+                                       "shrunk_by": constant_peak / float(late.mean()) if late.mean() > 0 else None}
+        decay = float(np.mean(decays)) if decays else math.nan
 
-        mom = pick(runs, part="momentum")
-        plain = pick(const, **{"cfg.data.batch_size": 4, "cfg.optim.lr": 0.2})
-        (m_mom, p_mom, _), (m_plain, p_plain, _) = spread_of(mom), spread_of(plain)
-        momentum_ratio = m_mom / m_plain
+        momentum_ratios, momentum_numbers = [], {}
+        for _, mom in runs[runs["part"] == "momentum"].iterrows():
+            b = int(mom["cfg.data.batch_size"])
+            plain = pick(const, **{"cfg.data.batch_size": b, "cfg.optim.lr": 0.2})
+            (m_mom, p_mom, _), (m_plain, p_plain, _) = spread_of(mom), spread_of(plain)
+            momentum_ratios.append(m_mom / m_plain)
+            momentum_numbers[f"B={b}"] = {"momentum": m_mom, "plain": m_plain, "closed_form_ratio": p_mom / p_plain}
+        momentum_ratio = float(np.mean(momentum_ratios)) if momentum_ratios else math.nan
 
         pairs = [((0.2, 16), (0.05, 4)), ((0.2, 4), (0.05, 1))]
         pair_ratios = {}
@@ -177,15 +192,15 @@ class SgdTemperature(Recipe):
         return [
             Claim("A constant step size leaves SGD spread around the optimum with Var = eta v / (2 - eta)",
                   "Mandt et al. 2017, Sec. 3-4; the lecture notes' 1/2 (beta - y)^2",
-                  "geometric mean of measured / closed-form stationary variance over step sizes x batch sizes",
+                  "mean of measured / closed-form stationary variance over step sizes x batch sizes",
                   closed, within(*CLOSE), ratios),
             Claim("Under a decaying step size lr b / (b + t) the spread shrinks as its recursion predicts",
-                  "Mandt et al. 2017, Sec. 4", "measured / predicted variance over the last half of the run", decay,
+                  "Mandt et al. 2017, Sec. 4", "measured / predicted variance over the last half of the run (mean "
+                  "over batch sizes)", decay,
                   within(*BAND), decay_numbers),
             Claim("Momentum mu at step size eta (1 - mu) tracks plain SGD at eta", "Smith & Le 2018, Sec. 5",
-                  "stationary variance, heavy ball mu 0.9 at lr 0.02 / plain SGD at lr 0.2 (batch 4)",
-                  momentum_ratio, within(*BAND),
-                  {"momentum": m_mom, "plain": m_plain, "closed_form_ratio": p_mom / p_plain}),
+                  "stationary variance, heavy ball mu 0.9 at lr 0.02 / plain SGD at lr 0.2 (mean over batch sizes)",
+                  momentum_ratio, within(*BAND), momentum_numbers),
             Claim("Multiplying the batch size by k matches dividing the step size by k",
                   "Smith et al. 2018, Sec. 2-3; Smith & Le 2018", "geometric mean variance ratio of equal eta / B pairs",
                   batch_ratio, within(*BAND), pair_ratios),
@@ -211,7 +226,7 @@ class SgdTemperature(Recipe):
             axes[0].plot(lim, lim, "k--", lw=0.8)
             axes[0].set(xscale="log", yscale="log", xlabel="closed form Var(beta)", ylabel="measured Var(beta)",
                         title="Stationary spread of SGD (each seed a point)")
-        inv = runs[runs["part"] == "inverse_time"]
+        inv = runs[(runs["part"] == "inverse_time") & (runs["cfg.data.batch_size"] == 4)]
         ref = runs[(runs["part"] == "constant") & (runs["cfg.data.batch_size"] == 4) & np.isclose(runs["cfg.optim.lr"], 0.5)]
         for i, (label, part) in enumerate((("lr 0.5 b / (b + t)", inv), ("lr 0.5 constant", ref))):
             # a single draw of (beta - m)^2 spans decades: each run's rolling mean over 20 probes, seeds as a band
