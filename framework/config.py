@@ -40,6 +40,8 @@ class DataConfig:
     n_train: int = 0                # >0: keep only this many training samples
     split_seed: int = 0             # the split is fixed across run seeds
     batch_size: int = 64
+    order_seed: int = 0             # >0: the training batches are drawn in another order than the run seed's alone
+                                    # (runs of one seed that must not share their batches: independent SGD chains)
     label_noise: float = 0.0        # fraction of training labels replaced by a uniformly random class
     corruption: str = "none"        # registry: framework.data.CORRUPTIONS (shuffled_pixels, random_pixels, gaussian)
     positive_fraction: float = 0.7  # wilson: P(y = +1)
@@ -326,6 +328,7 @@ def validate(cfg: RunConfig) -> None:
         ("model.width", cfg.model.width >= 1, "must be >= 1"),
         ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),
         ("data.batch_size", d.batch_size >= 1, "must be >= 1"),
+        ("data.order_seed", d.order_seed >= 0, "must be >= 0"),
         ("data.val_fraction", 0.0 <= d.val_fraction < 1.0, "must be in [0, 1)"),
         ("data.test_fraction", 0.0 < d.test_fraction < 1.0, "must be in (0, 1)"),
         ("data.test_fraction", d.val_fraction + d.test_fraction < 1.0,

@@ -368,6 +368,14 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def order_stream(seed: int, order_seed: int) -> int:
+    """The seed of a run's batch order: the run seed itself (order_seed 0, every run so far), else a 32-bit stream
+    of (seed, order_seed) that no plain run seed's order shares by construction of SeedSequence."""
+    if not order_seed:
+        return seed
+    return int(np.random.SeedSequence([seed, order_seed]).generate_state(1, dtype=np.uint32)[0]) + 2 ** 32
+
+
 class TensorDataModule(pl.LightningDataModule):
     """cfg: DataConfig. With data.on_device (the default) the splits are moved to the trainer's device once, so
     a dataset that fits in accelerator memory is never copied batch by batch."""
@@ -390,8 +398,8 @@ class TensorDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         x, y = self._tensors("train")
         check_shares(len(x), self.cfg.batch_size, rank_and_world()[1])
-        return TensorBatches(x, y, self.cfg.batch_size, shuffle=True, seed=self.seed, augment=self.cfg.augment,
-                             padding=self.cfg.crop_padding)
+        return TensorBatches(x, y, self.cfg.batch_size, shuffle=True, seed=order_stream(self.seed, self.cfg.order_seed),
+                             augment=self.cfg.augment, padding=self.cfg.crop_padding)
 
     def val_dataloader(self):
         x, y = self._tensors("val")

@@ -20,7 +20,7 @@ from framework.config import RunConfig, flatten, in_identity_exempt, to_dict
 FUSE_MODES = ("auto", "off")
 FUSE_MAX = 16
 MEMORY_SHARE = 0.5  # of the machine's (or GPU's) memory, for one group's weights, optimizer state and activations
-MEMBER_KEYS = ("seed", "data.split_seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
+MEMBER_KEYS = ("seed", "data.split_seed", "data.order_seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
                "optim.base_batch_size", "schedule.", "data.label_noise", "data.corruption", "data.condition", "data.noise",
                "data.feature_scale", "data.standardise", "model.init",
                "model.dropout", "loss.l2", "trainer.stop_at_train_acc", "trainer.gradient_clip")
