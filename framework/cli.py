@@ -58,6 +58,8 @@ def _stopped(e) -> None:
 
 
 def _fmt(v) -> str:
+    if v is None:  # verdict.json's null: a statistic that was nan or infinite (strict JSON has neither)
+        return "not finite"
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)

@@ -159,6 +159,8 @@ document.body.dataset.figures=i.length;document.body.dataset.figuresLoaded=i.fil
 
 
 def _g(v) -> str:
+    if v is None:  # verdict.json's null: a statistic that was nan or infinite (strict JSON has neither)
+        return "not finite"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
