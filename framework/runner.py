@@ -84,6 +84,16 @@ def _keep_previous_attempt(csv_dir: Path) -> None:
         os.replace(current, csv_dir / f"metrics.part-{n}.csv")
 
 
+def last_epoch_loss(metrics: pd.DataFrame) -> float:
+    """The mean training loss of the last epoch, in training mode (batch norm on batch statistics, dropout on): the
+    objective SGD minimised. train_loss is the net evaluated afterwards in eval mode, which for batch norm uses
+    running statistics that a deep narrow net's batch statistics can stray far from. nan when none was logged."""
+    if "train/loss_epoch" not in metrics:
+        return math.nan
+    logged = metrics.dropna(subset=["train/loss_epoch"])
+    return float(logged.sort_values("step")["train/loss_epoch"].iloc[-1]) if len(logged) else math.nan
+
+
 def fit_step(metrics: pd.DataFrame, threshold: float) -> int | None:
     """The first step at whose epoch end the training accuracy had reached `threshold` (None: never, or off)."""
     if threshold <= 0 or metrics.empty or "train/acc" not in metrics:
@@ -484,6 +494,7 @@ def _persist(m: Member, store: RunStore, lead: bool, device, initial: dict, step
         "status": "diverged" if diverged else "done",
         "initial_train_loss": initial["loss"],
         **{f"{split}_{k}": v for split, d in final.items() for k, v in d.items()},
+        "train_loss_last_epoch": last_epoch_loss(metrics),
         "steps": int(steps), "epochs": int(epochs),
         "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
         "n_train": len(splits.x_train), "n_test": len(splits.x_test), "wall_s": round(time.time() - started, 3),

@@ -209,8 +209,9 @@ VANISHING = {
         lambda f: _vg(f, 2, "sigmoid", "plain", initial_train_loss=2.3, train_loss=2.2)),
     3: (lambda f: _vg(f, 50, "sigmoid", "residual", initial_train_loss=20.0, train_loss=0.1),
         lambda f: _vg(f, 50, "sigmoid", "residual", initial_train_loss=20.0, train_loss=15.0)),
-    4: (lambda f: _vg(f, 50, "sigmoid", "batch_norm", initial_train_loss=2.3, train_loss=0.5),
-        lambda f: _vg(f, 50, "sigmoid", "batch_norm", initial_train_loss=2.3, train_loss=2.0)),
+    # batch norm: the last epoch's training-mode loss, whatever the eval-mode loss reads
+    4: (lambda f: _vg(f, 50, "sigmoid", "batch_norm", initial_train_loss=2.3, train_loss_last_epoch=0.5, train_loss=2.0),
+        lambda f: _vg(f, 50, "sigmoid", "batch_norm", initial_train_loss=2.3, train_loss_last_epoch=2.0, train_loss=0.5)),
     5: (lambda f: _vg(f, 30, "relu", "he_init", backprop_ratio_at_init=1.0),
         lambda f: _vg(f, 30, "relu", "he_init", backprop_ratio_at_init=1e-5)),
     6: (lambda f: _vg(f, 30, "relu", "xavier", act_var_ratio_at_init=1e-8),

@@ -34,6 +34,9 @@ def test_store_layout_and_skip_on_relaunch(tiny, store):
     assert {"step", "train/loss", "val/loss", "val/acc"} <= set(metrics.columns)
     diag = pd.read_csv(run_dir / "diagnostics.csv")
     assert set(diag["layer"]) == {0, 1, 2} and (diag["grad_norm"] > 0).all()
+    # the last epoch's training-mode loss, as logged, beside the eval-mode train_loss
+    epochs = metrics.dropna(subset=["train/loss_epoch"]).sort_values("step")
+    assert first["train_loss_last_epoch"] == pytest.approx(epochs["train/loss_epoch"].iloc[-1])
 
     stamp = (run_dir / "summary.json").stat().st_mtime_ns
     again = train(cfg, store)
