@@ -230,3 +230,20 @@ def test_a_member_whose_every_batch_is_nan_logs_what_its_lone_run_logs(tiny, tmp
     assert [s["status"] for s in together] == [s["status"] for s in singles] == ["done", "diverged"]
     for c in cfgs:
         assert_same_run(alone, fused, "test", config_hash(c))
+
+
+def test_members_with_their_own_batch_order_equal_their_runs_alone(tiny, tmp_path):
+    """data.order_seed: one seed, three chains: 0 keeps the seed's order (and the hash the run always had), 1 and
+    2 draw their own. Fused, each member sees the batches its lone run sees; the orders differ from each other."""
+    from framework.data import order_stream
+    base = dict(seed=3, optim__lr=0.1, trainer__max_epochs=3, data__n_samples=400)
+    cfgs = [tiny(data__order_seed=k, **base) for k in (0, 1, 2)]
+    assert config_hash(cfgs[0]) == config_hash(tiny(**base))
+    assert len({order_stream(3, k) for k in (0, 1, 2)} | {3}) == 3 and order_stream(3, 0) == 3
+    alone, fused = RunStore(tmp_path / "alone"), RunStore(tmp_path / "fused")
+    singles = [train(c, alone) for c in cfgs]
+    together = train_group(cfgs, fused)
+    for c in cfgs:
+        assert_same_run(alone, fused, "test", config_hash(c))
+    assert len({round(s["train_loss"], 6) for s in singles}) == 3, "each order is its own draw"
+    assert [s["status"] for s in together] == ["done"] * 3
