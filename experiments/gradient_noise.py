@@ -102,21 +102,23 @@ def _at_crossing(probes: pd.DataFrame, target: float, first_below) -> float:
 
 
 def crossing_step(store, experiment: str, row, target: float) -> float:
-    """Steps to the target loss, between probes: the step where the probe loss crosses the target, interpolated
-    in log loss between the last probe above it and the first at or below it (inf: never reached). The probes
-    come every 2 steps, and at batch 32 a run reaches the target in about 50: whole probes alone move the fastest
-    rate of a flat optimum by their 4% (the runner's steps_to_target stays the first probe at or below)."""
+    """Steps to the target loss, between probes: the run's steps_to_target (the first probe at or below the
+    target) moved back to where the probe loss crosses the target, interpolated in log loss from the probe before
+    it (inf: never reached). The probes come every 2 steps, and at batch 32 a run reaches the target in about 50:
+    whole probes alone move the fastest rate of a flat optimum by their 4%. Where the probe log does not bracket
+    the target at that step, steps_to_target as it stands."""
     if row["status"] != "done" or pd.isna(row.get("steps_to_target")):
         return math.inf
+    first = float(row["steps_to_target"])
     m = store.read_frame(experiment, row["run_id"], "metrics.csv")
     probes = m.dropna(subset=["probe/loss"]).sort_values("step") if "probe/loss" in m else m.iloc[:0]
-    below = np.flatnonzero(probes["probe/loss"].to_numpy() <= target)
-    if not len(below):
-        return float(row["steps_to_target"])
-    i = int(below[0])
     step, loss = probes["step"].to_numpy(float), probes["probe/loss"].to_numpy(float)
-    if i == 0 or not (loss[i - 1] > target >= loss[i] > 0):
-        return float(step[i])
+    at = np.flatnonzero(step == first)
+    if not len(at) or at[0] == 0:
+        return first
+    i = int(at[0])
+    if not (loss[i - 1] > target >= loss[i] > 0):
+        return first
     w = math.log(loss[i - 1] / target) / math.log(loss[i - 1] / loss[i])
     return float(step[i - 1] + w * (step[i] - step[i - 1]))
 
