@@ -40,7 +40,8 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, best_rate, history
+from framework.recipe import Recipe, best_rate, history, loglog_slope
+from framework.runner import log_crossing
 from framework.verdict import Claim, above, within
 
 SLOPE_VAR = (-1.1, -0.9)  # the notes' band around McCandlish et al.'s exact -1
@@ -93,11 +94,10 @@ def _at_crossing(probes: pd.DataFrame, target: float, first_below) -> float:
     if at == 0:
         return b_after
     before = probes.iloc[at - 1]
-    b_before, l_before, l_after = float(before["probe/noise_scale"]), float(before["probe/loss"]), float(after["probe/loss"])
-    if not (b_before > 0 and b_after > 0 and math.isfinite(b_before) and math.isfinite(b_after)
-            and l_before > target >= l_after > 0):
+    b_before = float(before["probe/noise_scale"])
+    w = log_crossing(float(before["probe/loss"]), float(after["probe/loss"]), target)
+    if w is None or not (b_before > 0 and b_after > 0 and math.isfinite(b_before) and math.isfinite(b_after)):
         return b_after
-    w = math.log(l_before / target) / math.log(l_before / l_after)
     return math.exp((1 - w) * math.log(b_before) + w * math.log(b_after))
 
 
@@ -117,10 +117,8 @@ def crossing_step(store, experiment: str, row, target: float) -> float:
     if not len(at) or at[0] == 0:
         return first
     i = int(at[0])
-    if not (loss[i - 1] > target >= loss[i] > 0):
-        return first
-    w = math.log(loss[i - 1] / target) / math.log(loss[i - 1] / loss[i])
-    return float(step[i - 1] + w * (step[i] - step[i - 1]))
+    w = log_crossing(loss[i - 1], loss[i], target)
+    return first if w is None else float(step[i - 1] + w * (step[i] - step[i - 1]))
 
 
 def sweep(runs: pd.DataFrame, store, experiment: str = "gradient_noise") -> pd.DataFrame:
@@ -136,10 +134,6 @@ def sweep(runs: pd.DataFrame, store, experiment: str = "gradient_noise") -> pd.D
         rows.append({"batch": int(b), "steps": float(cost.min()), "lr": best_rate(g["cfg.optim.lr"].astype(float), cost),
                      "lr_grid": sorted(g["cfg.optim.lr"].astype(float))})
     return pd.DataFrame(rows).sort_values("batch")
-
-
-def _slope(batches, rates) -> float:
-    return float(np.polyfit(np.log(np.asarray(batches, float)), np.log(np.asarray(rates, float)), 1)[0])
 
 
 def critical_batch(best: pd.DataFrame) -> dict:
@@ -174,9 +168,8 @@ class GradientNoise(Recipe):
         fit = critical_batch(best)
         below_crit = best[(best["batch"] < fit["b_crit"]) & np.isfinite(best["steps"])] \
             if math.isfinite(fit["b_crit"]) else best.iloc[:0]
-        lr_slope, eq27_slope = (_slope(below_crit["batch"], below_crit["lr"]),
-                                _slope(below_crit["batch"], 1 / (1 + fit["b_crit"] / below_crit["batch"]))) \
-            if len(below_crit) >= 2 else (math.nan, math.nan)
+        lr_slope = loglog_slope(below_crit["batch"], below_crit["lr"])
+        eq27_slope = loglog_slope(below_crit["batch"], 1 / (1 + fit["b_crit"] / below_crit["batch"]))
         table = {f"B={int(r.batch)}": {"steps": r.steps, "best_lr": r.lr} for r in best.itertuples()}
         ratio = fit["b_crit"] / b_simple if b_simple and math.isfinite(b_simple) and b_simple > 0 else math.nan
         return [

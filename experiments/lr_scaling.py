@@ -36,7 +36,7 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, best_rate
+from framework.recipe import Recipe, best_rate, loglog_slope
 from framework.verdict import Claim, above, below, within
 
 TOL = 0.02            # held-out error within this of the small-batch result: "matches" (2 binomial SE of a 5%
@@ -133,12 +133,6 @@ def doubling(a: dict, small: int, large: int) -> float:
     return math.log2(s / l) / math.log2(large / small)
 
 
-def _slope(xs, ys) -> float:
-    if len(xs) < 2:
-        return math.nan
-    return float(np.polyfit(np.log2(xs), np.log2(ys), 1)[0])
-
-
 @RECIPES.register("lr_scaling")
 class LrScaling(Recipe):
     name = "lr_scaling"
@@ -149,10 +143,10 @@ class LrScaling(Recipe):
         a = analyse(runs)
         crit, batches = a["critical"], a["batches"]
         upto = [b for b in batches if b <= crit]
-        slope_upto = _slope(upto, [a["best_lr"][b] for b in upto]) if len(upto) >= 2 else math.nan
+        slope_upto = loglog_slope(upto, [a["best_lr"][b] for b in upto])
         well_below = [b for b in batches if b <= crit / 2]
         smallest = batches[:2]
-        slope = _slope(smallest, [a["best_lr"][b] for b in smallest]) if crit >= 2 * smallest[1] else math.nan
+        slope = loglog_slope(smallest, [a["best_lr"][b] for b in smallest]) if crit >= 2 * smallest[1] else math.nan
         largest = batches[-1]
         best = {f"best_lr@{b}": a["best_lr"][b] for b in batches}
         steps = {f"steps_to_target@{b}": round(v, 1) for b, v in a["steps"].items()}

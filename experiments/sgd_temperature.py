@@ -147,8 +147,8 @@ class SgdTemperature(Recipe):
         known = [v["ratio"] for v in ratios.values() if math.isfinite(v["ratio"])]
         closed = float(np.mean(known)) if known and len(known) == len(ratios) else math.nan
 
-        # claims 2 and 3 at each batch size the grid has them (their runs at one batch share its batches, so
-        # one batch size is one draw of the noise): the mean of the per-batch ratios
+        # claims 2 and 3 at each batch size the grid has them (each batch size its own draw of the noise): the mean
+        # of the per-batch ratios
         decays, decay_numbers = [], {}
         for _, inv in runs[runs["part"] == "inverse_time"].iterrows():
             b = int(inv["cfg.data.batch_size"])
@@ -160,11 +160,12 @@ class SgdTemperature(Recipe):
             path = predicted_path(row_config(inv), steps)
             late = d[d.index >= steps // 2]
             predicted = float(np.mean([path[int(t)] for t in late.index if t <= steps]))
-            decays.append(float(late.mean()) / predicted)
+            measured = float(late.mean())
+            decays.append(measured / predicted)
             constant_peak = predicted_variance(row_config(inv))
-            decay_numbers[f"B={b}"] = {"measured_late": float(late.mean()), "predicted_late": predicted,
+            decay_numbers[f"B={b}"] = {"measured_late": measured, "predicted_late": predicted,
                                        "stationary_at_peak_lr": constant_peak,
-                                       "shrunk_by": constant_peak / float(late.mean()) if late.mean() > 0 else None}
+                                       "shrunk_by": constant_peak / measured if measured > 0 else None}
         decay = float(np.mean(decays)) if decays else math.nan
 
         momentum_ratios, momentum_numbers = [], {}

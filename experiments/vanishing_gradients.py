@@ -69,8 +69,7 @@ def training_mode_reduction(row, store, experiment: str) -> float:
     if last is None or pd.isna(last):
         from framework.runner import last_epoch_loss
         last = last_epoch_loss(store.read_frame(experiment, row["run_id"], "metrics.csv"))
-    initial = row.get("initial_train_loss")
-    return float(1 - last / initial) if pd.notna(initial) and initial > 0 and pd.notna(last) else math.nan
+    return loss_reduction(row, final=last)
 
 
 @RECIPES.register("vanishing_gradients")
@@ -111,8 +110,7 @@ class VanishingGradients(Recipe):
             Claim(f"A batch-norm {deep}-layer sigmoid net trains", "Ioffe & Szegedy 2015, Sec. 3.3",
                   "training loss reduction (the last epoch's mean, in training mode)",
                   training_mode_reduction(bn, store, self.name), above(TRAINS),
-                  _numbers(bn, *KEYS, "train_loss_last_epoch") if bn is not None and "train_loss_last_epoch" in bn
-                  else _numbers(bn, *KEYS)),
+                  _numbers(bn, *KEYS, "train_loss_last_epoch")),
             Claim(f"In a {relu_depth}-layer ReLU net He init keeps the back-propagated gradient's scale over depth",
                   "He et al. 2015, Sec. 2.2 (Eq. 14)", "log10 ||dL/da_first|| / ||dL/da_last|| at init, He init",
                   _log10(he, "backprop_ratio_at_init"), within(-DECADE, DECADE), pair),

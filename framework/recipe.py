@@ -341,6 +341,13 @@ def pick(runs: pd.DataFrame, **axes) -> pd.Series | None:
     return hits.iloc[0] if len(hits) else None
 
 
+def loglog_slope(xs, ys) -> float:
+    """Least-squares slope of log y against log x (nan under two points)."""
+    if len(xs) < 2:
+        return math.nan
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
 def best_rate(rates, costs) -> float:
     """The learning rate that minimises `costs` (steps to target, a final loss) over a grid, refined between grid
     points: the vertex of the parabola through the grid's best point and its two neighbours, in log rate and log
@@ -349,13 +356,13 @@ def best_rate(rates, costs) -> float:
     At the grid's edge, or next to a rate that diverged or missed the target, it is the grid point itself; nan when
     no rate has a finite cost. (Written by hand: numpy and scipy have no argmin refinement of a sampled curve.)"""
     pairs = sorted((float(r), float(c)) for r, c in zip(rates, costs))
-    if not pairs or not any(math.isfinite(c) and c > 0 for _, c in pairs):
+    usable = [math.isfinite(c) and c > 0 for _, c in pairs]
+    if not any(usable):
         return math.nan
-    def key(k):  # lowest finite cost; on a tie, an interior point (the optimum lies between the tied rates)
-        c = pairs[k][1]
-        return (c if math.isfinite(c) and c > 0 else math.inf, k in (0, len(pairs) - 1))
-    i = min(range(len(pairs)), key=key)
-    if i == 0 or i == len(pairs) - 1 or not all(math.isfinite(pairs[k][1]) and pairs[k][1] > 0 for k in (i - 1, i + 1)):
+    last = len(pairs) - 1
+    # lowest usable cost; on a tie, an interior point (the optimum lies between the tied rates)
+    i = min(range(len(pairs)), key=lambda k: (pairs[k][1] if usable[k] else math.inf, k in (0, last)))
+    if i in (0, last) or not (usable[i - 1] and usable[i + 1]):
         return pairs[i][0]
     (x0, y0), (x1, y1), (x2, y2) = [(math.log(r), math.log(c)) for r, c in pairs[i - 1:i + 2]]
     curvature = (y2 - y1) / (x2 - x1) - (y1 - y0) / (x1 - x0)
@@ -378,11 +385,12 @@ def fewest_steps(rows: pd.DataFrame) -> tuple[float, float]:
     return float(best["steps_to_target"]), float(best["cfg.optim.lr"])
 
 
-def loss_reduction(row: pd.Series | None) -> float:
-    """1 - final / initial training loss: 0 when the loss stalled, 1 when it reached zero, nan if unknown."""
+def loss_reduction(row: pd.Series | None, final: float | None = None) -> float:
+    """1 - final / initial training loss: 0 when the loss stalled, 1 when it reached zero, nan if unknown. `final`:
+    another end loss than the summary's train_loss (eval mode)."""
     if row is None or row.get("status") not in ("done", "diverged"):
         return float("nan")
-    initial, final = row.get("initial_train_loss"), row.get("train_loss")
+    initial, final = row.get("initial_train_loss"), row.get("train_loss") if final is None else final
     if not (pd.notna(initial) and pd.notna(final)) or initial <= 0:
         return float("nan")
     return float(1 - final / initial)

@@ -121,6 +121,14 @@ def steps_to_target(metrics: pd.DataFrame, target: float) -> int | None:
     return int(hits.index[0]) if len(hits) else None
 
 
+def log_crossing(before: float, after: float, target: float) -> float | None:
+    """How far (0-1) from a point at loss `before` to the next at loss `after` a loss falling log-linearly between
+    them crosses `target`; None unless before > target >= after > 0."""
+    if not (before > target >= after > 0):
+        return None
+    return math.log(before / target) / math.log(before / after)
+
+
 def epochs_to_target(metrics: pd.DataFrame, target: float) -> float | None:
     """Epochs until the training loss reaches `target`, read from the epoch-mean training losses every run logs:
     an epoch's mean stands at the epoch's midpoint, and the crossing is interpolated in log loss between two
@@ -132,9 +140,8 @@ def epochs_to_target(metrics: pd.DataFrame, target: float) -> float | None:
     before = None  # (epoch, loss) of the epoch logged before
     for epoch, loss in zip(logged["epoch"].astype(int), logged["train/loss_epoch"]):
         if loss <= target:  # between the midpoints of the epoch before (if logged) and this one
-            if before is None or before[0] != epoch - 1 or not (before[1] > 0 and loss > 0):
-                return epoch + 0.5
-            return epoch - 0.5 + math.log(before[1] / target) / math.log(before[1] / loss)
+            w = log_crossing(before[1], loss, target) if before is not None and before[0] == epoch - 1 else None
+            return epoch + 0.5 if w is None else epoch - 0.5 + w
         before = (epoch, loss)
     return None
 
