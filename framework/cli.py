@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -79,7 +80,9 @@ def print_verdicts(verdicts: list[dict]) -> None:
             style = VERDICT_STYLE.get(c["verdict"], "white")
             table.add_row(escape(f"{v['experiment']} [{v['scale']}]"), escape(f"{c['claim']} ({c['reference']})"),
                           f"{_fmt(c['mean'])} [{_fmt(lo)}, {_fmt(hi)}]", escape(per_seed), escape(c["criterion"]),
-                          f"[{style}]{c['verdict']}[/] ({c['seeds_holding']}/{c['seeds']} seeds)")
+                          f"[{style}]{c['verdict']}[/] ({c['seeds_holding']}/{c['seeds']} seeds"
+                          + (f"; too few to judge, the interval alone: {c.get('interval_verdict')})"
+                             if c.get("too_few_seeds") else ")"))
     console.print(table)
 
 
@@ -89,6 +92,24 @@ def _seed_options(seeds: Optional[int], seed_base: int) -> dict:
     if seed_base < 0:
         raise UserError(f"--seed-base: expected a whole number >= 0, got {seed_base}")
     return {"seeds": seeds, "seed_base": seed_base}
+
+
+YES_HELP = "confirm a suite of more than MAX_RUNS (5,000) runs"
+
+
+def _confirm(yes: bool) -> None:
+    if yes:  # read where the grid is expanded (framework/recipe.py), here and in every child process
+        os.environ["REPRO_YES"] = "1"
+
+
+def _check_runs_dir(runs_dir: Path) -> None:
+    """--runs-dir must be a folder this process can write (one line, exit 2, before anything trains)."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UserError(f"--runs-dir: {runs_dir} is a file, not a folder")
+    probe = runs_dir if runs_dir.exists() else next((p for p in runs_dir.absolute().parents if p.exists()), None)
+    if probe is None or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--runs-dir: {runs_dir} is not writable by this user"
+                        + ("" if runs_dir.exists() else f" (nor is {probe}, where it would be created)"))
 
 
 SEEDS_HELP = "seeds per grid point (default: the scale's, 5 at cpu, 2 at smoke)"
@@ -111,12 +132,15 @@ def run(
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
     workers: int = typer.Option(0, help="'all': this many recipes side by side, each in its own process (0: one per "
                                         "CPU this process may use; 1: one after another)"),
+    yes: bool = typer.Option(False, "--yes", help=YES_HELP),
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
     from framework.preemption import SIGNALS, Stop
     from framework.recipe import run_suite
     from framework.store import RunStore
+    _confirm(yes)
     try:
+        _check_runs_dir(runs_dir)
         _check_fuse(fuse, fuse_max)
         seeding = _seed_options(seeds, seed_base)
         recipes, names = _recipes(), _names(experiment)
@@ -231,10 +255,12 @@ def submit(
     fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
     seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
+    yes: bool = typer.Option(False, "--yes", help=YES_HELP),
 ):
     """Submit the suite's unfinished runs as one SLURM job array; prints the job id and returns."""
     from framework.cluster import submit as submit_suite
     from framework.store import RunStore
+    _confirm(yes)
     try:
         _check_fuse(fuse, fuse_max)
         recipes = _recipes()
@@ -289,15 +315,23 @@ def report(
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
 ):
     """DataFrames (CSV), paper-style figures (PNG, PDF) and HTML reports from runs already trained."""
-    from framework.report import log_report_run, report as report_one, write_index
+    from framework.report import NoRuns, log_report_run, report as report_one, write_index
     from framework.store import RunStore
     try:
         seeding = _seed_options(seeds, seed_base)
         recipes, names = _recipes(), _names(experiment)
-        verdicts = []
+        verdicts, skipped = [], []
         for name in names:
             recipe = recipes.get(name)()
-            verdict = report_one(recipe, scale, RunStore(runs_dir), reports_dir, source, overrides or [], **seeding)
+            try:
+                verdict = report_one(recipe, scale, RunStore(runs_dir), reports_dir, source, overrides or [],
+                                     **seeding)
+            except NoRuns as e:
+                if experiment != "all":
+                    raise
+                err.print(escape(f"skipped {name}: {e}"), highlight=False, soft_wrap=True)
+                skipped.append(name)
+                continue
             verdicts.append(verdict)
             outdir = recipe.report_dir(reports_dir, verdict["scale"])
             if wandb_run:
@@ -314,23 +348,40 @@ def report(
         print_verdicts(verdicts)
     except UserError as e:
         _fail(e)
+    if _print_failures(verdicts):
+        raise typer.Exit(EXIT_RUNS_FAILED)
+    if skipped and not verdicts:
+        _fail(UserError(f"no finished runs of any recipe in {runs_dir}"))
+
+
+def offline_folders(runs_dir: Path, reports_dir: Path) -> list[str]:
+    """Every offline W&B run of the store (runs/<exp>/<run>/wandb/) and of the reports (reports/<exp>/<scale>/wandb/)."""
+    folders = sorted(str(p) for p in runs_dir.glob("*/*/wandb/offline-run-*"))
+    return folders + sorted(str(p) for p in reports_dir.glob("*/*/wandb/offline-run-*"))
+
+
+def sync_command(folders: list[str], dry_run: bool = False) -> list[str]:
+    """The `wandb sync` command line for these run folders. wandb >= 0.30 syncs offline runs it is given by path
+    (0.30 removed --include-offline, which it now rejects); pyproject pins the wandb this is written against."""
+    wandb_cli = shutil.which("wandb") or str(Path(sys.executable).parent / "wandb")
+    return [wandb_cli, "sync", *(["--dry-run"] if dry_run else []), *folders]
 
 
 @app.command()
-def sync(runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store")):
-    """Upload offline W&B runs (and report runs) with `wandb sync` once you are online."""
-    import shutil
+def sync(runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
+         reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")),
+                                          help="verdicts and figures (their report runs)"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="list what wandb would upload; upload nothing")):
+    """Upload offline W&B runs (training runs and report runs) with `wandb sync` once you are online."""
     import subprocess
     from framework.tracking import _has_api_key
-    folders = sorted(str(p) for p in runs_dir.glob("*/*/wandb/offline-run-*"))
-    folders += sorted(str(p) for p in Path(os.environ.get("REPRO_REPORTS", "reports")).glob("*/wandb/offline-run-*"))
+    folders = offline_folders(runs_dir, reports_dir)
     if not folders:
-        _fail(UserError(f"no offline W&B runs under {runs_dir}"))
-    if not _has_api_key():
+        _fail(UserError(f"no offline W&B runs under {runs_dir} or {reports_dir}"))
+    if not dry_run and not _has_api_key():
         _fail(UserError("no W&B API key: run `wandb login` (or set WANDB_API_KEY) first"))
-    wandb_cli = shutil.which("wandb") or str(Path(sys.executable).parent / "wandb")
-    console.print(f"syncing {len(folders)} offline runs...")
-    raise typer.Exit(subprocess.run([wandb_cli, "sync", "--include-offline", *folders]).returncode)
+    console.print(f"{'would sync' if dry_run else 'syncing'} {len(folders)} offline runs...")
+    raise typer.Exit(subprocess.run(sync_command(folders, dry_run)).returncode)
 
 
 @app.command()

@@ -109,11 +109,11 @@ def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dr
     from framework.planner import plan_suite
     all_runs = recipe.runs(scale, overrides, seeds, seed_base)
     queued = queued_runs(store, recipe.name)
-    runs = [r for r in all_runs if not store.is_finished(recipe.name, r.run_id) and r.run_id not in queued
+    runs = [r for r in all_runs if store.unusable(r.cfg, r.run_id) is not None and r.run_id not in queued
             and store.owner(recipe.name, r.run_id) is None]
     profile = load_profile(profile_name)
     if not runs:
-        busy = sum(1 for r in all_runs if not store.is_finished(recipe.name, r.run_id))
+        busy = sum(1 for r in all_runs if store.unusable(r.cfg, r.run_id) is not None)
         why = f"{busy} are pending or running in SLURM or another process, the rest finished" if busy \
             else "every run is finished"
         return {"job_id": None, "runs": 0, "message": f"nothing to submit for {recipe.name} [{scale}]: {why}"}

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,9 @@ class TrainerConfig:
     precision: str = "32-true"      # Lightning's: 32-true, bf16-mixed (autocast), 16-mixed, ...
     channels_last: bool = False     # conv nets on CUDA: NHWC memory format (tensor-core convolutions); no-op on CPU
     compile: bool = False           # torch.compile the model
+    fuse: bool = True               # false: this run always trains alone, never in a fused group. For chaotic nets
+                                    # (deep batch norm, edge of stability), whose numbers a fused group's other
+                                    # rounding changes by more than fusion's tolerance (README, "Fused training")
     gradient_clip: float = 0.0
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
@@ -159,7 +163,7 @@ class RunConfig:
 # Labels, tracking, where the data files live and how many threads compute never change what a run computes, so
 # they stay out of its identity.
 NOT_IN_IDENTITY = ("variant", "tracking.", "data.root", "data.download", "data.verify", "data.on_device",
-                   "trainer.threads")
+                   "trainer.threads", "trainer.fuse")
 # Lightning's precision names (trainer.precision), checked at load time.
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine",
               "transformer-engine-float16")
@@ -177,6 +181,7 @@ REGISTRY_FIELDS = {
     "schedule.name": ("framework.optim", "SCHEDULES"),
 }
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")  # a name that becomes one folder, never a path
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -323,6 +328,9 @@ def validate(cfg: RunConfig) -> None:
     t, d, o = cfg.trainer, cfg.data, cfg.optim
     world = t.devices * t.num_nodes if t.strategy.startswith("ddp") and t.devices > 0 else 1
     checks = [
+        ("experiment", bool(SAFE_NAME.fullmatch(cfg.experiment)),
+         "must be a plain folder name (letters, digits, '_', '-', '.'; not starting with '.'): it names the run's "
+         "folder inside the store"),
         ("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2**32)"),
         ("model.depth", cfg.model.depth >= 0, "must be >= 0"),
         ("model.width", cfg.model.width >= 1, "must be >= 1"),

@@ -259,7 +259,21 @@ def build_splits(cfg) -> Splits:
         norm = lambda t: (t - mean) / std  # noqa: E731
     else:
         norm = lambda t: t  # noqa: E731
-    return Splits(norm(x_train), y_train, norm(x[val]), y[val], norm(x[test]), y[test], ds.n_classes, ds.signed)
+    splits = Splits(norm(x_train), y_train, norm(x[val]), y[val], norm(x[test]), y[test], ds.n_classes, ds.signed)
+    check_finite(splits, cfg)
+    return splits
+
+
+def check_finite(splits: Splits, cfg) -> None:
+    """Built data must be finite: a nan or infinite input (data.feature_scale=1e300 overflows float32) makes every
+    run diverge at step 0, and numbers of nets that never trained must not reach a claim."""
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        t = getattr(splits, name)
+        if t.is_floating_point() and len(t) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"data: {bad} of {t.numel()} values of {cfg.name}'s {name} are not finite after "
+                            f"building (data.feature_scale={cfg.feature_scale:g}, data.standardise="
+                            f"{str(cfg.standardise).lower()}): float32 cannot hold them")
 
 
 # On-device augmentation of image batches (data.augment). Each sample's draw is fixed at the start of the epoch

@@ -35,6 +35,8 @@ def alone_because(cfg: RunConfig) -> str | None:
     t = cfg.trainer
     if t.strategy.startswith("ddp") or t.devices not in (1,) or t.num_nodes != 1:
         return "distributed"
+    if not t.fuse:
+        return "trainer.fuse=false"
     if t.compile:
         return "trainer.compile"
     if _structure(cfg) is None:
@@ -135,6 +137,6 @@ def plan_suite(runs: list, store, fuse: str = "auto", fuse_max: int = FUSE_MAX, 
     if not runs:
         return []
     exp = runs[0].cfg.experiment
-    finished = set() if force else {r.run_id for r in runs if store.is_finished(exp, r.run_id)}
+    finished = set() if force else {r.run_id for r in runs if store.unusable(r.cfg, r.run_id) is None}
     own_checkpoint = {r.run_id for r in runs if store.checkpoint(exp, r.run_id).exists()}
     return plan(runs, fuse, fuse_max, keep=store.saved_groups(exp), alone=finished | own_checkpoint)

@@ -5,6 +5,7 @@ the signal handler, mid-step; it is switched off with SLURMEnvironment(auto_requ
 installed once per task (`repro run`, an array task) and knows which phase the current run is in:
 
 - fit: any of the three signals is a request; the `Preemption` callback checkpoints at the next step boundary
+  (after an epoch's last batch: before the next epoch's first, so a full-batch run of one batch an epoch stops too)
   (model, optimizer, schedule, loop state, the batch position in the epoch, the RNG), the run is recorded
   `pending` with its checkpoint, and the task stops (USR1 under SLURM also asks for a requeue);
 - prepare (data being built) and between runs: SIGTERM and Ctrl-C stop at once (nothing computed is lost;
@@ -150,13 +151,26 @@ class Preemption(pl.Callback):
         if self.signals.requested is None:
             return
         if batch_idx + 1 >= trainer.num_training_batches:
-            return  # let the epoch end (its metrics, validation); stop after the next epoch's first batch
+            return  # let the epoch end (its metrics, validation); on_train_batch_start of the next one stops
         # Lightning writes this step's metrics only after this hook: write them now, or the row is lost
         trainer._logger_connector.update_train_step_metrics()
+        self._stop(trainer, pl_module, batches_done=batch_idx + 1)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        """A request that came during an epoch's last batch (every batch, when an epoch is one full batch: gradient
+        descent) stops here, the epoch's metrics and validation done, before this batch trains."""
+        if self.signals.requested is not None:
+            # Lightning adds one to its logging step count on restoring a checkpoint saved mid-step (it assumes the
+            # save came before the step's own count, as at batch end): saved before this step, count one less, or
+            # the resumed run logs every row one step late
+            trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
+            self._stop(trainer, pl_module, batches_done=batch_idx)
+
+    def _stop(self, trainer, pl_module, batches_done: int):
         for logger in [*trainer.loggers, *getattr(pl_module, "member_loggers", [])]:  # a fused group's members'
             logger.save()
         # the loader has already yielded the next batch (Lightning prefetches): record what was trained
-        trainer.train_dataloader.batches_done = batch_idx + 1
+        trainer.train_dataloader.batches_done = batches_done
         tmp = self.checkpoint.with_suffix(".tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:

@@ -36,6 +36,8 @@ from framework.store import RunStore, atomic_write, strict_json
 from framework.verdict import Claim, judge
 
 DEFAULT_SEEDS = 5  # a scale that does not say how many seeds it runs
+MAX_RUNS = 5_000   # a suite with more runs than this is expanded only when confirmed (--yes): a typo'd grid
+                   # (1000 x 1000 values) took ~50 minutes and 1.3 GB to expand before anything trained
 
 def config_dir() -> Path:
     """The recipes' YAML: $REPRO_CONFIGS, else the checkout's configs/ (an editable install), else the copy
@@ -149,6 +151,11 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
     base_cfg = apply(RunConfig(), {**base, "experiment": name})
     apply(base_cfg, typed)  # a bad typed key fails here, named, before any grid is expanded
 
+    count = len(seed_list) * sum(math.prod(len(v) if isinstance(v, (list, dict)) and v else 1 for v in g.values())
+                                 for g in grids)
+    if count > MAX_RUNS and os.environ.get("REPRO_YES") != "1":
+        raise UserError(f"{name} [{scale}] would create {count:,} runs ({len(seed_list)} seeds x the grid's points); "
+                        f"more than {MAX_RUNS:,} needs --yes (expanding them alone takes minutes and memory)")
     combos = []
     for grid in grids:
         axes = []
@@ -218,13 +225,18 @@ def _split(args: list[str]):
 def runs_frame(runs: list[Run], store: RunStore) -> pd.DataFrame:
     """One row per run: id, variant, grid axes, status, the flattened config and the run's summary.
     frame.attrs["axes"] names the grid-axis columns."""
+    from framework.store import FINISHED
     rows = []
     for run in runs:
         exp = run.cfg.experiment
-        summary = store.summary(exp, run.run_id)
+        status = store.status(exp, run.run_id)
+        # the store's one check (a changed config.yaml is a UserError here, for `report` as for `run`); a finished
+        # run that cannot stand for its config is no run of this suite: status "unusable", no numbers
+        why = store.unusable(run.cfg, run.run_id) if status in FINISHED else None
+        summary = store.summary(exp, run.run_id) if why is None else {"unusable": why}
         rows.append({"run_id": run.run_id, "variant": run.cfg.variant, **run.axes,
                      **{f"cfg.{k}": v for k, v in flatten(to_dict(run.cfg)).items() if not isinstance(v, list)},
-                     **summary, "status": store.status(exp, run.run_id)})
+                     **summary, "status": "unusable" if why else status})
     frame = pd.DataFrame(rows)
     frame.attrs["axes"] = list(dict.fromkeys(a for run in runs for a in run.axes))
     return frame
@@ -260,6 +272,9 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
 
     scale = scale or recipe.default_scale()
     runs = recipe.runs(scale, overrides, seeds, seed_base)
+    from framework.tracking import wandb_mode
+    for mode in {r.cfg.tracking.mode for r in runs}:  # online that cannot be: one line now, not a failure a run
+        wandb_mode(next(r.cfg for r in runs if r.cfg.tracking.mode == mode))
     started = time.time()
     failed: list[dict] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]

@@ -11,6 +11,7 @@ import html
 import json
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -173,7 +174,9 @@ def verdict_rows(verdict: dict) -> str:
         lo, hi = c["interval"]
         per_seed = ", ".join(f"{s}: {_g(v)}" for s, v in c["per_seed"].items())
         mark = f'<b class="{VERDICT_CLASS.get(c["verdict"], "maybe")}">{html.escape(c["verdict"])}</b> ' \
-               f'({c["seeds_holding"]}/{c["seeds"]} seeds hold)'
+               f'({c["seeds_holding"]}/{c["seeds"]} seeds hold' + \
+               (f'; too few to judge, the interval alone: {html.escape(str(c.get("interval_verdict")))})'
+                if c.get("too_few_seeds") else ")")
         rows.append(f"<tr><td>{html.escape(verdict['experiment'])}</td><td>{html.escape(c['claim'])}</td>"
                     f"<td>{html.escape(c['reference'])}</td><td>{_g(c['mean'])} [{_g(lo)}, {_g(hi)}]</td>"
                     f"<td><code>{html.escape(per_seed)}</code></td>"
@@ -202,13 +205,17 @@ Data: <a href="summary.csv">summary.csv</a> (one row per run), <a href="history.
 
 
 def index_page(verdicts: list[dict], info: dict) -> str:
-    links = " · ".join(f'<a href="{v["experiment"]}/{v["scale"]}/index.html">{v["experiment"]} [{v["scale"]}]</a>'
-                       for v in verdicts)
+    links = " · ".join(f'<a href="{html.escape(quote(v["experiment"]))}/{html.escape(quote(v["scale"]))}/index.html">'
+                       f'{html.escape(v["experiment"])} [{html.escape(v["scale"])}]</a>' for v in verdicts)
     rows = "\n".join(verdict_rows(v) for v in verdicts)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>repro reports</title><style>{STYLE}</style>
 </head><body><h1>Phenomena of neural-network training: verdicts</h1><p>{links}</p>
 <table id="verdict">{TABLE_HEAD}{rows}</table><h2>Versions</h2><p><code>{html.escape(json.dumps(info))}</code></p>
 {CHECK}</body></html>"""
+
+
+class NoRuns(UserError):
+    """A recipe with no finished runs to report (`report all` goes on to the next recipe)."""
 
 
 def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path, source: str = "local",
@@ -220,18 +227,23 @@ def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path
     summary, hist = (local_frames if source == "local" else wandb_frames)(recipe, scale, store, overrides, seeds,
                                                                            seed_base)
     if summary.empty or "train_loss" not in summary:
-        raise UserError(f"no finished runs of {recipe.name} [{scale}] in {store.root} (source {source}): "
+        raise NoRuns(f"no finished runs of {recipe.name} [{scale}] in {store.root} (source {source}): "
                         f"run `repro run {recipe.name} --scale {scale}` first")
     outdir = recipe.report_dir(reports_dir, scale)
     outdir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(outdir / "summary.csv", index=False)
     hist.to_csv(outdir / "history.csv", index=False)
-    claims = recipe.claims(summary, store)
+    try:
+        claims, claims_error = recipe.claims(summary, store), None
+    except UserError:
+        raise
+    except Exception as e:  # as `run` does: a recipe's error on missing runs costs its claims, not the report
+        claims, claims_error = [], f"{type(e).__name__}: {e}"
     figures = recipe.figures(summary, store, outdir) + diagnostics_figure(summary, store, recipe.name, outdir)
     info = versions()
     verdict = {"experiment": recipe.name, "scale": scale, "source": source, "claims": claims,
                "runs": summary["status"].value_counts().to_dict() if "status" in summary else {},
-               "figures": [f.name for f in figures], "versions": info}
+               "figures": [f.name for f in figures], "versions": info, "claims_error": claims_error}
     atomic_write(outdir / "verdict.json", strict_json(verdict, indent=1, default=str))
     grid = recipe.spec().get("scales", {}).get(scale, {}) or {}
     grid = {"grid": json.dumps(recipe.spec().get("grid")), f"scale {scale}": json.dumps(grid)}

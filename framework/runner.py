@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-from framework.config import RunConfig, config_hash, dump_yaml, flatten, in_identity_exempt, to_dict
+from framework.config import RunConfig, config_hash, dump_yaml, to_dict
 from framework.data import TensorDataModule, build_splits
 from framework.diagnostics import Diagnostics
 from framework.module import build_module
@@ -216,28 +216,6 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 1 << 30)
 
 
-def check_stored_config(cfg: RunConfig, store: RunStore, run_id: str) -> None:
-    """A finished run is reused only when the config it stored is the config asked for today. Keys it did not
-    store (options added since) are taken at their default; a key whose value differs means a default changed
-    under the same hash: stop, rather than label old numbers with today's config."""
-    stored = flatten(store.stored_config(cfg.experiment, run_id))
-    today = flatten(to_dict(cfg))
-    diffs = [(k, stored[k], v) for k, v in today.items()
-             if k in stored and not in_identity_exempt(k) and not _same(stored[k], v)]
-    if diffs:
-        what = "; ".join(f"{k}: stored {a!r}, today {b!r}" for k, a, b in diffs)
-        pins = " ".join(f"{k}={a}" for k, a, _ in diffs)
-        raise UserError(f"run {cfg.experiment}/{run_id} ({cfg.variant}) was trained with another config under "
-                        f"the same hash (a default changed?): {what}. Rerun it with --force, or pin the old "
-                        f"value: {pins}")
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
-    return a == b
-
-
 def usable_checkpoint(store: RunStore, path: Path) -> Path | None:
     """The checkpoint when it loads; a damaged one (cut short, not a checkpoint) is set aside, with a line
     saying so, and the run (or group) starts again from step 0."""
@@ -273,10 +251,15 @@ def train_group(cfgs: list[RunConfig], store: RunStore, scale: str = "", force: 
     results: list = [None] * len(cfgs)
 
     def reuse(i: int) -> bool:
-        if not force and store.is_finished(cfgs[i].experiment, ids[i]):
-            check_stored_config(cfgs[i], store, ids[i])
+        if force:
+            return False
+        why = store.unusable(cfgs[i], ids[i])
+        if why is None:
             results[i] = {**store.summary(cfgs[i].experiment, ids[i]), "skipped": True}
             return True
+        if not why.startswith("not finished"):  # stored finished, and yet it cannot stand for the config: say so
+            print(f"warning: run {cfgs[i].experiment}/{ids[i]} ({cfgs[i].variant}) is not reused: {why}; it "
+                  f"trains again", file=sys.stderr, flush=True)
         return False
 
     todo = [i for i in range(len(cfgs)) if not reuse(i)]
@@ -333,13 +316,15 @@ def _prepare_store(members: list[Member], store: RunStore, force: bool, lead: bo
     if force:
         checkpoint.unlink(missing_ok=True)
     resume = usable_checkpoint(store, checkpoint)
+    if resume is not None:
+        resume = _continuable(store, members, resume)
     for m in members:
         try:
             previous = store.status_record(m.exp, m.run_id)
         except StoreError:
             previous = {}  # a damaged status is replaced by this attempt's
         if resume is not None:
-            check_stored_config(m.cfg, store, m.run_id)  # a checkpoint continues only the config that wrote it
+            store.check_config(m.cfg, m.run_id)  # a checkpoint continues only the config that wrote it
         m.attempt = max(1, int(previous.get("attempt", 0)) + (resume is None))
         if resume is None:
             store.start_fresh(m.exp, m.run_id)
@@ -352,6 +337,30 @@ def _prepare_store(members: list[Member], store: RunStore, force: bool, lead: bo
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(checkpoint.parent / "members.json", json.dumps([m.run_id for m in members]))
     return resume
+
+
+def _continuable(store: RunStore, members: list[Member], checkpoint: Path) -> Path | None:
+    """The checkpoint, when every member still holds the attempt it continues (its config and an unfinished status).
+    A member whose folder was deleted (to retrain it) would otherwise be restored mid-training
+    from the group's checkpoint with its first steps' metrics gone: its summary would read from the resumed part
+    alone. Then the checkpoint is set aside, with a line, and every member starts again from step 0."""
+    lost = []
+    for m in members:
+        try:
+            previous = store.status_record(m.exp, m.run_id)
+        except StoreError:
+            previous = {}
+        if previous.get("status") not in ("pending", "running", "failed") or \
+                not (store.run_dir(m.exp, m.run_id) / "config.yaml").exists():
+            lost.append(m)
+    if not lost:
+        return checkpoint
+    aside = store.set_aside(checkpoint)
+    names = ", ".join(f"{m.run_id} ({m.cfg.variant})" for m in lost)
+    print(f"warning: {checkpoint} is not resumed: {len(lost)} of its {len(members)} runs no longer hold the attempt "
+          f"it continues ({names}: its folder deleted, or finished since); moved to {aside.name}, and the "
+          f"{'group' if len(members) > 1 else 'run'} starts again from step 0", file=sys.stderr, flush=True)
+    return None
 
 
 def _build(members: list[Member], store: RunStore, scale: str) -> tuple:
@@ -416,7 +425,7 @@ def _attempt(members: list[Member], store, scale, force, progress, extra_callbac
                 (trainer.global_step, trainer.current_epoch)
             rows = diagnostics.member_rows(k) if diagnostics is not None else []
             out.append(_persist(m, store, lead, trainer.strategy.root_device, initial[k], steps, epochs, rows,
-                                started, resume))
+                                started, resume, len(members)))
         checkpoint.unlink(missing_ok=True)
         return out
     except BaseException as e:
@@ -485,8 +494,17 @@ def _record_stop(e: BaseException, members: list[Member], store, lead) -> list[d
              "error": f"{type(e).__name__}: {e}"} for m in members]
 
 
+def compute_label(device) -> str:
+    """What computed a run, for its summary: the device, and on a CPU the kernel path torch took (AVX2 and AVX512
+    round reductions differently: a chaotic run's numbers differ between them), and torch's version."""
+    kind = torch.device(device).type
+    where = f"cpu {torch.backends.cpu.get_cpu_capability()}" if kind == "cpu" else \
+        (torch.cuda.get_device_name(device) if kind == "cuda" else kind)
+    return f"{where}, torch {torch.__version__}"
+
+
 def _persist(m: Member, store: RunStore, lead: bool, device, initial: dict, steps: int, epochs: int, rows: list,
-             started: float, resume) -> dict:
+             started: float, resume, group_size: int) -> dict:
     """Evaluates one member on its splits and writes its metrics, diagnostics, summary and status."""
     module, splits, cfg = m.module, m.splits, m.cfg
     module.to(device)
@@ -505,6 +523,8 @@ def _persist(m: Member, store: RunStore, lead: bool, device, initial: dict, step
         "steps": int(steps), "epochs": int(epochs),
         "diverged_step": module.diverged_step, "lr_effective": effective_lr(cfg.optim, cfg.data.batch_size),
         "n_train": len(splits.x_train), "n_test": len(splits.x_test), "wall_s": round(time.time() - started, 3),
+        # how it trained: in a fused group of this many runs (1: alone), on what
+        "fused_members": group_size, "compute": compute_label(device),
         "fit_step": fit_step(metrics, cfg.trainer.stop_at_train_acc),
         "steps_to_target": steps_to_target(metrics, cfg.diagnostics.target_loss),
         "epochs_to_target": epochs_to_target(metrics, cfg.diagnostics.target_loss),

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -26,6 +27,8 @@ import pandas as pd
 from framework.registry import UserError
 
 FINISHED = ("done", "diverged")
+# What a finished run's folder holds besides status.json (written last of all, after these).
+FINISHED_FILES = ("config.yaml", "summary.json", "metrics.csv")
 STATUSES = ("pending", "running", "done", "diverged", "failed")
 # What a fresh attempt of a run removes: the files an earlier attempt wrote (a resume keeps them).
 ATTEMPT_FILES = ("metrics.csv", "diagnostics.csv", "summary.json", "lightning", "wandb", "checkpoint.tmp")
@@ -85,6 +88,12 @@ def strict_json(data, **kwargs) -> str:
     return json.dumps(clean(data), allow_nan=False, **kwargs)
 
 
+def _same_value(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
 def _hint(path: Path) -> str:
     return f"delete {path.name}, or rerun with --force to train the run again"
 
@@ -129,7 +138,8 @@ class RunLock:
 
     def owner_record(self) -> dict:
         from framework.preemption import slurm_job_id
-        return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id(),
+        return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+                "slurm_job": slurm_job_id(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": self.token}
 
     def acquire(self) -> "RunLock":
@@ -165,9 +175,10 @@ class RunLock:
 
     def owned(self) -> bool:
         try:
-            return json.loads(self.path.read_text()).get("token") == self.token
-        except (OSError, json.JSONDecodeError):
+            record = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return False
+        return isinstance(record, dict) and record.get("token") == self.token
 
     def release(self) -> None:
         self._stop.set()
@@ -184,24 +195,60 @@ class RunLock:
 
 
 def read_lock(path: Path) -> tuple[dict, bool]:
-    """(owner record, stale?) of a lock file; ({}, False) for a lock being written right now."""
+    """(owner record, stale?) of a lock file; ({}, False) for a lock being written right now (empty).
+
+    Stale: its owner is on this host and its pid is gone or is another process now (the pid's start time differs
+    from the one recorded); its heartbeat is older than STALE_S; its mtime lies further in the future than STALE_S
+    (no heartbeat makes that; a clock set back, a copied file); or it holds something this module never writes
+    (not a JSON object, a pid that is no pid)."""
     try:
-        age = time.time() - path.stat().st_mtime
+        st = path.stat()
+    except FileNotFoundError:
+        return {}, True
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path} is not a lock file (a {'folder' if stat.S_ISDIR(st.st_mode) else 'special file'}"
+                         f"): remove it; a run's lock is a file this tool writes")
+    try:
         text = path.read_text()
     except FileNotFoundError:
         return {}, True
+    except (OSError, UnicodeDecodeError):
+        return {}, True  # unreadable: not one of ours
+    if not text:
+        return {}, False  # being written right now (created, then written)
     try:
-        owner = json.loads(text) if text else {}
+        owner = json.loads(text)
     except json.JSONDecodeError:
-        owner = {}
-    if owner.get("host") == socket.gethostname() and owner.get("pid"):
+        return {}, True
+    if not isinstance(owner, dict):
+        return {}, True
+    pid = owner.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31:
+        return owner, True
+    age = time.time() - st.st_mtime
+    if age < -RunLock.stale_after():
+        return owner, True
+    if owner.get("host") == socket.gethostname():
         try:
-            os.kill(int(owner["pid"]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return owner, True
         except PermissionError:
             pass  # alive, another user's
+        started = _process_start(pid)
+        if owner.get("pid_start") is not None and started is not None and started != owner["pid_start"]:
+            return owner, True  # the pid was reused by another process
     return owner, age > RunLock.stale_after()
+
+
+def _process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (Linux /proc; None elsewhere): with the pid, names one
+    process, where a pid alone may since belong to another."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _break_stale(path: Path, owner: dict) -> None:
@@ -224,13 +271,25 @@ def _break_stale(path: Path, owner: dict) -> None:
     aside.unlink(missing_ok=True)
 
 
+def _folder_name(name: str, what: str, root: Path) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise StoreError(f"{what} {name!r} is not a folder name inside the store {root}")
+    return name
+
+
 class RunStore:
     def __init__(self, root: str | Path = "runs"):
         self.root = Path(root)
 
     # -- paths
+    def experiment_dir(self, experiment: str) -> Path:
+        """runs/<experiment>: a plain folder name (config.validate checks a typed one), so nothing of a suite can
+        be written outside the store."""
+        _folder_name(experiment, "experiment", self.root)
+        return self.root / experiment
+
     def run_dir(self, experiment: str, run_id: str) -> Path:
-        return self.root / experiment / run_id
+        return self.experiment_dir(experiment) / _folder_name(run_id, "run", self.root)
 
     def checkpoint(self, experiment: str, run_id: str) -> Path:
         return self.run_dir(experiment, run_id) / "checkpoint.ckpt"
@@ -239,12 +298,12 @@ class RunStore:
         return self.run_dir(experiment, run_id) / "lightning"
 
     def slurm_dir(self, experiment: str) -> Path:
-        return self.root / experiment / "_slurm"
+        return self.experiment_dir(experiment) / "_slurm"
 
     def group_dir(self, experiment: str, run_ids: list[str]) -> Path:
         """Where a fused group keeps its checkpoint and member list: named by its members, in order."""
         name = hashlib.sha256(",".join(run_ids).encode()).hexdigest()[:12]
-        return self.root / experiment / "_groups" / name
+        return self.experiment_dir(experiment) / "_groups" / name
 
     def group_checkpoint(self, experiment: str, run_ids: list[str]) -> Path:
         return self.group_dir(experiment, run_ids) / "checkpoint.ckpt"
@@ -252,7 +311,7 @@ class RunStore:
     def saved_groups(self, experiment: str) -> list[list[str]]:
         """Member lists of the fused groups that left a checkpoint (a preempted group resumes as that group)."""
         groups = []
-        for path in sorted((self.root / experiment / "_groups").glob("*/members.json")):
+        for path in sorted((self.experiment_dir(experiment) / "_groups").glob("*/members.json")):
             try:
                 members = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -287,7 +346,49 @@ class RunStore:
         return status
 
     def is_finished(self, experiment: str, run_id: str) -> bool:
-        return self.status(experiment, run_id) in FINISHED
+        """Status done or diverged and every file a finished run writes in place (`missing_files`)."""
+        return self.status(experiment, run_id) in FINISHED and not self.missing_files(experiment, run_id)
+
+    def missing_files(self, experiment: str, run_id: str) -> list[str]:
+        """The files a finished run writes (FINISHED_FILES) that its folder lacks. A copy or sync cut short leaves
+        exactly this: status.json sorts first and arrives first, so a status alone never makes a run finished."""
+        run_dir = self.run_dir(experiment, run_id)
+        return [name for name in FINISHED_FILES if not (run_dir / name).is_file()]
+
+    def unusable(self, cfg, run_id: str) -> str | None:
+        """Why the stored run `run_id` cannot stand for `cfg` (None: it is finished and can). The one check every
+        reader of the store makes (the runner before reusing a run, the runs frame of `run` and `report`):
+        - a finished status with a missing file: not finished (the run trains again; `report` leaves it out);
+        - cfg.trainer.fuse false and the run trained in a fused group: not the lone run asked for;
+        - a stored config.yaml that differs from cfg under the same hash: UserError naming the run (a default
+          changed, or the file was edited), never today's label on another config's numbers."""
+        exp = cfg.experiment
+        status = self.status(exp, run_id)
+        if status not in FINISHED:
+            return f"not finished (status {status})"
+        missing = self.missing_files(exp, run_id)
+        if missing:
+            return f"its status is {status} but its {', '.join(missing)} missing (an interrupted copy?)"
+        self.check_config(cfg, run_id)
+        if not cfg.trainer.fuse and self.status_record(exp, run_id).get("group"):
+            return "trained in a fused group, and trainer.fuse=false asks for the run trained alone"
+        return None
+
+    def check_config(self, cfg, run_id: str) -> None:
+        """The config stored with a run is the config asked for today. Keys it did not store (options added
+        since) are taken at their default; a key whose value differs means a default changed (or config.yaml was
+        edited) under the same hash: stop, rather than label old numbers with today's config."""
+        from framework.config import flatten, in_identity_exempt, to_dict
+        stored = flatten(self.stored_config(cfg.experiment, run_id))
+        today = flatten(to_dict(cfg))
+        diffs = [(k, stored[k], v) for k, v in today.items()
+                 if k in stored and not in_identity_exempt(k) and not _same_value(stored[k], v)]
+        if diffs:
+            what = "; ".join(f"{k}: stored {a!r}, today {b!r}" for k, a, b in diffs)
+            pins = " ".join(f"{k}={a}" for k, a, _ in diffs)
+            raise UserError(f"run {cfg.experiment}/{run_id} ({cfg.variant}) was trained with another config under "
+                            f"the same hash (a default changed, or its config.yaml was edited): {what}. Rerun it "
+                            f"with --force, or pin the old value: {pins}")
 
     def set_status(self, experiment: str, run_id: str, status: str, **extra) -> None:
         assert status in STATUSES, status
@@ -353,5 +454,5 @@ class RunStore:
         return data
 
     def run_ids(self, experiment: str) -> list[str]:
-        base = self.root / experiment
+        base = self.experiment_dir(experiment)
         return sorted(p.name for p in base.iterdir() if (p / "config.yaml").exists()) if base.exists() else []

@@ -39,6 +39,14 @@ def wandb_mode(cfg: RunConfig) -> str:
         mode = "offline"
     if mode == "auto":
         mode = "online" if _has_api_key() and _reachable() else "offline"
+    elif mode == "online" and not (_has_api_key() and _reachable()):
+        # asked for online and it cannot be: say so once, before any run starts (W&B itself waits init_timeout,
+        # 60 s, per run, then fails each with an error naming another run)
+        why = "no W&B API key (run `wandb login` or set WANDB_API_KEY)" if not _has_api_key() else \
+            f"{WANDB_HOST} cannot be reached from this machine"
+        from framework.registry import UserError
+        raise UserError(f"tracking.mode=online: {why}; use tracking.mode=offline and `repro sync` later, or "
+                        f"tracking.mode=auto (online when it can be, else offline)")
     return mode
 
 

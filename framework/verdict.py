@@ -5,7 +5,8 @@ which side of a threshold the paper's statement lies). `judge` gathers the seeds
 mean, a 95% interval for the mean, and one of three verdicts:
 - reproduced: the whole interval lies on the claim's side of the criterion;
 - not reproduced: the whole interval lies on the other side;
-- inconclusive: the interval straddles the criterion (or fewer than two seeds gave a number).
+- inconclusive: the interval straddles the criterion, or fewer than MIN_SEEDS (3) seeds gave a number (the
+  interval's own side is kept as `interval_verdict`).
 
 The interval is a percentile bootstrap of the mean over seeds (scipy.stats.bootstrap, 10,000 resamples, a fixed
 random state so that a verdict is a function of the per-seed values). Many of the statistics are skewed (error
@@ -98,6 +99,9 @@ def _number(v) -> float:
 
 
 RESAMPLES = 10_000
+# Fewer seeds with a number than this judge nothing: the verdict is inconclusive and `interval_verdict` keeps what
+# the interval alone would say (a smoke suite's two seeds check that claims compute, not that they hold).
+MIN_SEEDS = 3
 
 
 def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
@@ -124,23 +128,42 @@ def summarise(per_seed: dict[int, Claim]) -> dict:
     known = [v for v in values if not math.isnan(v)]
     mean = sum(known) / len(known) if known else math.nan
     lo, hi = interval(values)
-    verdict = first.criterion.judge(lo, hi)
+    judged = first.criterion.judge(lo, hi)
+    too_few = len(known) < MIN_SEEDS  # [min, max] of two values is no 95% interval: no verdict from it
+    verdict = INCONCLUSIVE if too_few else judged
     return {"claim": first.claim, "reference": first.reference, "statistic": first.statistic,
             "criterion": f"{first.statistic} {first.criterion}", "per_seed": {str(s): per_seed[s].value for s in seeds},
-            "mean": mean, "interval": [lo, hi], "verdict": verdict,
+            "mean": mean, "interval": [lo, hi], "verdict": verdict, "interval_verdict": judged,
+            "too_few_seeds": too_few,
             "seeds_holding": sum(per_seed[s].holds for s in seeds), "seeds": len(seeds),
             "measured": {str(s): per_seed[s].measured for s in seeds}}
 
 
+def never_trained(runs) -> "pd.Series":
+    """Runs that never took a finite step: diverged at step 0, or a non-finite initial loss."""
+    import pandas as pd
+    status = runs["status"] if "status" in runs else pd.Series("", index=runs.index)
+    at_zero = runs["diverged_step"].eq(0) if "diverged_step" in runs else pd.Series(False, index=runs.index)
+    initial = pd.to_numeric(runs["initial_train_loss"], errors="coerce") if "initial_train_loss" in runs else \
+        pd.Series(0.0, index=runs.index)
+    return status.eq("diverged") & at_zero | status.isin(["done", "diverged"]) & ~initial.apply(
+        lambda v: math.isfinite(v) if v == v else False)
+
+
 def judge(measure, runs, store) -> list[dict]:
     """Measure the claims on each seed's runs (`measure(runs_of_one_seed, store)`) and summarise them over seeds.
-    A seed whose runs cannot give a claim's number counts as nan for it (never as a pass)."""
+    A seed whose runs cannot give a claim's number counts as nan for it (never as a pass), and so does every
+    claim of a seed none of whose runs ever trained (`never_trained`)."""
     seeds = sorted(runs["seed"].unique()) if "seed" in runs.columns else [0]
     measured: dict[int, list[Claim]] = {}
     for seed in seeds:
         part = runs[runs["seed"] == seed] if "seed" in runs.columns else runs
         part.attrs = dict(runs.attrs)
         measured[int(seed)] = measure(part, store)
+        if len(part) and never_trained(part).all():  # numbers of nets that never took a finite step: no evidence
+            for c in measured[int(seed)]:
+                c.measured = {**c.measured, "never_trained": True, "value_as_measured": c.value}
+                c.value = math.nan
     counts = {len(c) for c in measured.values()}
     if len(counts) != 1:
         raise ValueError(f"the recipe measured a different number of claims per seed: {sorted(counts)}")

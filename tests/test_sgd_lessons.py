@@ -199,7 +199,7 @@ def claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path):
         shutil.copytree(store.root, copy.root)
         edited, copy = edit_with(frame.copy(), copy)
         edited.attrs = frame.attrs
-        assert recipe.claims(edited, copy)[index]["verdict"] == expected, recipe.claims(edited, copy)[index]
+        assert recipe.claims(edited, copy)[index]["interval_verdict"] == expected, recipe.claims(edited, copy)[index]
     again = recipe.claims(frame, store)[index]  # unedited: what the suite itself wrote
     assert again["verdict"] == verdict["claims"][index]["verdict"]
     assert again["per_seed"] == pytest.approx(verdict["claims"][index]["per_seed"], nan_ok=True)

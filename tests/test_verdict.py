@@ -38,16 +38,20 @@ def test_interval_is_a_percentile_bootstrap_of_the_mean():
     ([0.9, 1.1, 1.0, 0.95, 1.05], within(0.7, 1.3), "reproduced"),
     ([0.2, 0.3, 0.25, 0.22, 0.28], within(0.7, 1.3), "not reproduced"),
     ([0.5, 1.0, 0.8, 0.6, 0.9], within(0.7, 1.3), "inconclusive"),     # crosses the lower edge
-    ([0.6, 0.61], above(0.5), "reproduced"),                           # two seeds that agree
+    ([0.6, 0.61], above(0.5), "inconclusive"),                         # two seeds that agree: too few to judge
     ([0.2, 0.9], above(0.5), "inconclusive"),
     ([0.036, 0.082, 0.225, 0.053, 0.564], above(0.02), "reproduced"),  # skewed, every seed on the claim's side
     ([0.7, math.nan, 0.8, 0.75], above(0.5), "reproduced"),            # a seed without a number is left out
+    ([0.7, math.nan, 0.8], above(0.5), "inconclusive"),                # ... and two left are too few
     ([0.7], above(0.5), "inconclusive"),                               # one seed never decides
     ([math.nan, math.nan], above(0.5), "inconclusive"),
 ])
 def test_three_valued_verdict(values, criterion, verdict):
     out = summarise(_claims(values, criterion))
     assert out["verdict"] == verdict
+    if len([v for v in values if not math.isnan(v)]) == 2:  # what the [min, max] interval alone says, kept apart
+        assert out["too_few_seeds"] and out["interval_verdict"] == ("reproduced" if min(values) > 0.5 else
+                                                                    "inconclusive")
     assert out["per_seed"] == pytest.approx({str(i): v for i, v in enumerate(values)}, nan_ok=True)
     known = [v for v in values if not math.isnan(v)]
     assert out["mean"] == pytest.approx(sum(known) / len(known) if known else math.nan, nan_ok=True)
@@ -64,8 +68,8 @@ def test_judge_measures_each_seed_on_its_own_runs():
         return [Claim("error falls with width", "paper", "error drop", -drop, above(0.0), {})]
     (claim,) = judge(measure, runs, None)
     assert seen == [[3], [4]]
-    assert claim["per_seed"] == pytest.approx({"3": 0.1, "4": 0.15}) and claim["verdict"] in (
-        "reproduced", "inconclusive")
+    assert claim["per_seed"] == pytest.approx({"3": 0.1, "4": 0.15}) and claim["verdict"] == "inconclusive"
+    assert claim["interval_verdict"] == "reproduced" and claim["too_few_seeds"]
 
 
 SPEC = {"run": {"data": {"name": "digits"}}, "grid": {"model.width": [8, 16]},

@@ -1,0 +1,268 @@
+"""The store never lies, part two: each test is a way a real process, signal or file once got a silently wrong
+number or lost work (issue 26's points), tried again as a user or a failing machine would."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from framework.config import config_hash
+from framework.store import RunStore
+from tests.conftest import ROOT, repro
+
+DD = ["double_descent", "--scale", "smoke", "grid.model.width=[4]", "tracking.mode=disabled", "--seeds", "1"]
+
+
+def dirs(tmp_path):
+    return ["--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+
+
+@pytest.fixture(scope="module")
+def dd_trained(tmp_path_factory):
+    """The double-descent smoke suite at one seed, trained once by the real CLI; each test takes a copy."""
+    root = tmp_path_factory.mktemp("dd")
+    r = repro("run", *DD[:3], *DD[4:], *dirs(root))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return root
+
+
+@pytest.fixture
+def dd_copy(dd_trained, tmp_path):
+    shutil.copytree(dd_trained / "runs", tmp_path / "runs")
+    return tmp_path
+
+
+DD_ALL = [*DD[:3], *DD[4:]]  # the suite dd_trained ran: the smoke grid, one seed
+
+
+def one_line_error(r, *words):
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+# ---- 1. a typed experiment never leaves the store ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../x", "ABSOLUTE"])
+def test_a_typed_experiment_cannot_write_outside_the_store(name, tmp_path):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    target = str(tmp_path / "outside") if name == "ABSOLUTE" else name
+    r = repro("run", *DD, f"experiment={target}", *dirs(work), cwd=work)
+    one_line_error(r, "experiment")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "outside").exists()
+    assert not (work / "runs").exists() or not any((work / "runs").rglob("config.yaml"))
+    s = repro("status", *DD[:-2], f"experiment={target}", "--runs-dir", str(work / "runs"), cwd=work)
+    one_line_error(s, "experiment")
+
+
+def test_the_store_refuses_a_path_as_a_folder_name(tmp_path):
+    from framework.store import StoreError
+    store = RunStore(tmp_path / "runs")
+    for exp, run_id in [("..", "abc"), ("a/b", "abc"), ("exp", "../abc"), ("", "abc")]:
+        with pytest.raises(StoreError):
+            store.run_dir(exp, run_id)
+
+
+# ---- 2. a stop signal in full-batch training (an epoch of one batch) ----------------------------------------------
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_signal_stops_full_batch_training_and_the_resume_is_exact(members, tiny, tmp_path):
+    """Every batch is an epoch's last here: the stop used to wait for a batch that never came."""
+    import pytorch_lightning as pl
+    from framework.preemption import Preempted
+    from framework.runner import train_group
+
+    class SignalAt(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 7 and not getattr(self, "sent", False):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    cfgs = [tiny(seed=s, data__batch_size=1000, trainer__max_epochs=40, trainer__log_every_n_steps=1)
+            for s in range(members)]
+    reference = RunStore(tmp_path / "ref")
+    expected = train_group(cfgs, reference)
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Preempted):
+        train_group(cfgs, store, callbacks=(SignalAt(),))
+    for cfg in cfgs:
+        status = store.status_record("test", config_hash(cfg))
+        assert status["status"] == "pending" and status["checkpoint"], status
+    resumed = train_group(cfgs, store)
+    for cfg, a, b in zip(cfgs, expected, resumed):
+        assert b["status"] == "done" and b["steps"] == a["steps"] == 40
+        assert b["train_loss"] == a["train_loss"]
+        pd.testing.assert_frame_equal(store.read_frame("test", b["run_id"], "metrics.csv"),
+                                      reference.read_frame("test", a["run_id"], "metrics.csv"))
+
+
+def test_sigterm_from_outside_stops_a_gradient_descent_suite(tmp_path):
+    """edge_of_stability trains full-batch: a SIGTERM mid-fit checkpoints, the command exits 143, nothing is stored
+    `done` early, and the rerun finishes every run."""
+    args = ["edge_of_stability", "--scale", "smoke", "--seeds", "1", "trainer.max_steps=3000",
+            "tracking.mode=disabled", *dirs(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "runs").glob("*/*/lightning/metrics.csv")):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped:" in err and "Traceback" not in err
+    store = RunStore(tmp_path / "runs")
+    statuses = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("edge_of_stability/*/status.json")]
+    stopped = [s for s in statuses if s["status"] == "pending"]
+    assert stopped and all(s["checkpoint"] for s in stopped), statuses
+    assert not any(s["status"] == "done" and s.get("steps", 3000) < 3000 for s in statuses)
+    for path in (tmp_path / "runs").glob("edge_of_stability/*/summary.json"):
+        assert json.loads(path.read_text())["steps"] == 3000, "a run stored done before its last step"
+
+
+# ---- 3. a member deleted from a preempted group -------------------------------------------------------------------
+
+def test_a_deleted_member_of_a_preempted_group_is_trained_again_from_step_0(tiny, tmp_path, capfd):
+    import pytorch_lightning as pl
+    from framework.preemption import Preempted
+    from framework.runner import train_group
+
+    class SignalAt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 9 and not getattr(self, "sent", False):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    cfgs = [tiny(seed=s, trainer__max_epochs=4) for s in range(2)]
+    ids = [config_hash(c) for c in cfgs]
+    reference = RunStore(tmp_path / "ref")
+    expected = train_group(cfgs, reference)
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(Preempted):
+        train_group(cfgs, store, callbacks=(SignalAt(),))
+    assert store.group_checkpoint("test", ids).exists()
+    shutil.rmtree(store.run_dir("test", ids[1]))  # as a user does to retrain one run
+    capfd.readouterr()
+    resumed = train_group(cfgs, store)
+    assert "is not resumed" in capfd.readouterr().err
+    for a, b in zip(expected, resumed):
+        assert b["status"] == "done" and b["steps"] == a["steps"]
+        assert store.status_record("test", b["run_id"])["resumed_from"] is None
+        fa, fb = (s.read_frame("test", a["run_id"], "metrics.csv") for s in (reference, store))
+        assert fb["step"].min() == fa["step"].min() and fb.shape == fa.shape
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-4 * max(abs(a["train_loss"]), 1e-3)
+
+
+# ---- 4. a finished status with a file missing -------------------------------------------------------------------
+
+@pytest.mark.parametrize("lost", ["summary.json", "metrics.csv"])
+def test_a_done_run_with_a_missing_file_is_trained_again(lost, dd_copy):
+    tmp_path = dd_copy
+    store = RunStore(tmp_path / "runs")
+    run_id = next(p.name for p in (tmp_path / "runs" / "double_descent").iterdir() if (p / "summary.json").exists())
+    before = store.summary("double_descent", run_id)
+    (store.run_dir("double_descent", run_id) / lost).unlink()
+    assert not store.is_finished("double_descent", run_id)
+    again = repro("run", *DD_ALL, *dirs(tmp_path))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"run double_descent/{run_id}" in again.stderr and "trains again" in again.stderr
+    after = store.summary("double_descent", run_id)
+    assert store.is_finished("double_descent", run_id)
+    assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-3)  # alone now, maybe fused before
+    assert store.status_record("double_descent", run_id)["attempt"] == 2
+
+
+def test_the_runs_frame_leaves_out_a_run_whose_summary_is_missing(tiny, tmp_path):
+    from framework.recipe import Run, runs_frame
+    from framework.runner import train
+    store = RunStore(tmp_path / "runs")
+    cfg = tiny()
+    train(cfg, store)
+    (store.run_dir("test", config_hash(cfg)) / "summary.json").unlink()
+    frame = runs_frame([Run(cfg, {})], store)
+    assert frame["status"].tolist() == ["unusable"] and "train_loss" not in frame
+
+
+# ---- 5. report checks what run checks -----------------------------------------------------------------------------
+
+def test_report_refuses_a_run_whose_stored_config_was_changed(dd_copy):
+    import yaml
+    tmp_path = dd_copy
+    store = RunStore(tmp_path / "runs")
+    run_id = next(p.name for p in (tmp_path / "runs" / "double_descent").iterdir() if (p / "config.yaml").exists())
+    path = store.run_dir("double_descent", run_id) / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"]["depth"] = cfg["model"]["depth"] + 1
+    path.write_text(yaml.safe_dump(cfg))
+    for command in ("run", "report"):
+        out = repro(command, *DD_ALL, *dirs(tmp_path), *(["--no-wandb-run"] if command == "report" else []))
+        one_line_error(out, run_id, "model.depth")
+
+
+def test_report_all_goes_on_past_a_recipe_with_no_runs(dd_copy):
+    tmp_path = dd_copy
+    out = repro("report", "all", "--scale", "smoke", "--seeds", "1", "--no-wandb-run", *dirs(tmp_path))
+    assert "skipped vanishing_gradients" in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert (tmp_path / "reports" / "double_descent" / "smoke" / "index.html").exists()
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_report_catches_a_recipe_error_on_missing_runs(dd_copy):
+    """A claim that raises on a missing run (as `run` already caught) is listed, and report exits 1."""
+    tmp_path = dd_copy
+    code = ("import sys\nimport experiments.double_descent as dd\n"
+            "def broken(self, runs, store):\n    raise ValueError('no run at width 4')\n"
+            "dd.DoubleDescent.measure = broken\nfrom framework.cli import app\napp()\n")
+    out = subprocess.run([sys.executable, "-c", code, "report", *DD_ALL, "--no-wandb-run", *dirs(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "claims of double_descent not computed: ValueError: no run at width 4" in out.stderr
+
+
+# ---- 6. non-finite data --------------------------------------------------------------------------------------------
+
+def test_data_that_overflow_float32_are_bad_input(tmp_path):
+    r = repro("run", *DD, "data.feature_scale=1e300", *dirs(tmp_path))
+    one_line_error(r, "data.feature_scale", "not finite")
+
+
+def test_claims_of_runs_that_never_trained_are_not_judged():
+    from framework.verdict import Claim, above, judge
+    frame = pd.DataFrame({"seed": [0, 0, 1, 1, 2, 2], "status": ["done"] * 6, "diverged_step": [None] * 6,
+                          "initial_train_loss": [2.3] * 6, "value": [0.9] * 6})
+
+    def measure(runs, store):
+        return [Claim("c", "ref", "value", float(runs["value"].mean()), above(0.5))]
+
+    assert judge(measure, frame, None)[0]["verdict"] == "reproduced"
+    never = frame.assign(status="diverged", diverged_step=0)
+    out = judge(measure, never, None)[0]
+    assert out["verdict"] == "inconclusive" and all(v != v for v in out["per_seed"].values())
+    nan_start = frame.assign(initial_train_loss=float("nan"))
+    assert judge(measure, nan_start, None)[0]["verdict"] == "inconclusive"
+
+
+# ---- 7. repro sync against the installed wandb -------------------------------------------------------------------
+
+def test_sync_builds_a_command_the_installed_wandb_accepts(tiny, tmp_path):
+    """A dry run through the real `wandb sync` of a real offline run; every option passed exists in the installed
+    wandb's CLI (0.30 removed --include-offline, and rejects it with exit 1)."""
+    from wandb.cli.cli import sync as wandb_sync
+    from framework.cli import sync_command
+    from framework.runner import train
+    store = RunStore(tmp_path / "runs")
+    train(tiny(tracking__mode="offline"), store)
+    options = {o for p in wandb_sync.params if not getattr(p, "hidden", False) for o in p.opts}
+    assert all(a in options for a in sync_command(["x"], dry_run=True)[2:] if a.startswith("-"))
+    r = repro("sync", "--dry-run", *dirs(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "would sync 1 offline runs" in r.stdout and "Error" not in r.stdout + r.stderr
