@@ -2,13 +2,15 @@
 
 Exit codes, for every command:
   0    everything asked for finished (a run that diverged is a result, not a failure)
-  1    one or more runs failed (each is printed with its one-line error; the others are stored)
+  1    one or more runs failed (each is printed with its one-line error; the others are stored), or the store's
+       disk filled up (what finished is stored; the rest trains on the next launch)
   2    bad input: a config key or value, a recipe YAML, a damaged store file, a changed default (one line)
   130  Ctrl-C, 143 SIGTERM, 138 SIGUSR1 outside SLURM: the run was checkpointed and left `pending` (rerun to
        resume), or, stopped before training, recorded `failed: interrupted` / `failed: terminated`
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -49,6 +51,12 @@ EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 1, 2  # the others: 0, and 128 + a signal's n
 def _fail(e: Exception):
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _full(e) -> None:
+    """A full disk: one line, exit 1 (what was finished is stored; the rest trains on the next launch)."""
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_RUNS_FAILED)
 
 
 def _stopped(e) -> None:
@@ -137,7 +145,7 @@ def run(
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
     from framework.preemption import SIGNALS, Stop
     from framework.recipe import run_suite
-    from framework.store import RunStore
+    from framework.store import RunStore, StoreFull
     _confirm(yes)
     try:
         _check_runs_dir(runs_dir)
@@ -175,6 +183,12 @@ def run(
         _fail(e)
     except Stop as e:
         _stopped(e)
+    except StoreFull as e:
+        _full(e)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _full(e)
     if _print_failures(verdicts):
         raise typer.Exit(EXIT_RUNS_FAILED)
 

@@ -123,6 +123,10 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
         raise UserError(f"{where}scales: expected a map of scale names, got {scales!r}")
     if scale not in scales:
         raise UserError(f"unknown scale '{scale}' for {name}{suggest(scale, scales)}; choices: {', '.join(scales)}")
+    from framework.config import SAFE_NAME
+    if not SAFE_NAME.fullmatch(str(scale)):  # it names reports/<experiment>/<scale>/ and appears in the HTML
+        raise UserError(f"{where}scales.{scale}: a scale's name must be a plain folder name (letters, digits, '_', "
+                        f"'-', '.')")
     scale_spec = scales[scale] or {}
     if not isinstance(scale_spec, dict):
         raise UserError(f"{where}scales.{scale}: expected a map (seeds, run, grid), got {scale_spec!r}")

@@ -1,6 +1,7 @@
 """Train one run: config in, a Lightning fit, metrics and status in the run store and W&B."""
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -28,7 +29,7 @@ from framework.probes import Probes
 from framework.preemption import SIGNALS, Preempted, Preemption, Stop
 from framework.registry import UserError
 from framework.fused import fused_steps
-from framework.store import RunBusy, RunLock, RunStore, StoreError, atomic_write
+from framework.store import RunBusy, RunLock, RunStore, StoreError, StoreFull, atomic_write
 from framework.tracking import make_wandb_logger
 
 
@@ -414,12 +415,12 @@ def _attempt(members: list[Member], store, scale, force, progress, extra_callbac
     started = time.time()
     label = members[0].cfg.variant if len(members) == 1 else f"{len(members)} fused runs ({members[0].cfg.variant}, ...)"
     task = progress.add_task(f"  {label}", total=None) if progress is not None else None
+    out: list[dict] = []  # the members persisted so far: a failure after them is recorded for the others only
     try:
         trainer, module, diagnostics, initial = _fit(members, store, scale, checkpoint, resume,
                                                      [*extra_callbacks], progress, task)
         if trainer.global_rank != 0:
             return [{"status": "done", "rank": trainer.global_rank}]
-        out = []
         for k, m in enumerate(members):
             steps, epochs = fused_steps(module, k, trainer) if len(members) > 1 else \
                 (trainer.global_step, trainer.current_epoch)
@@ -429,7 +430,7 @@ def _attempt(members: list[Member], store, scale, force, progress, extra_callbac
         checkpoint.unlink(missing_ok=True)
         return out
     except BaseException as e:
-        return _record_stop(e, members, store, lead)
+        return out + _record_stop(e, members[len(out):], store, lead, stored=len(out))
     finally:
         for m in members:
             if m.wandb is not None and m.wandb._experiment is not None:
@@ -463,10 +464,20 @@ def _fit(members: list[Member], store, scale, checkpoint: Path, resume, extra_ca
     return trainer, module, diagnostics, initial
 
 
-def _record_stop(e: BaseException, members: list[Member], store, lead) -> list[dict]:
+def _record_stop(e: BaseException, members: list[Member], store, lead, stored: int = 0) -> list[dict]:
     """The failure policy of a run, in one place: a stop signal leaves each member pending (resumable) or failed
-    and ends the task; bad input fails them and ends the command; any other error fails them and the suite
-    goes on."""
+    and ends the task; bad input fails them and ends the command; a full disk leaves them pending (as far as a
+    status can still be written; a `running` one left behind trains again too) and ends the command; any other
+    error fails them and the suite goes on. `members`: those not yet stored (`stored` of the group were)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        for m in members:
+            try:
+                m.set_status(store, lead, "pending", stopped="disk full")
+            except OSError:
+                pass
+        raise StoreFull(f"no space left in {store.root} ({e.filename or 'a store file'}): {stored} of this group's "
+                        f"{stored + len(members)} runs were stored; the others will train again: free space and "
+                        f"rerun the same command") from None
     if isinstance(e, Stop):
         saved = getattr(e, "checkpoint", None)
         for m in members:

@@ -38,6 +38,10 @@ class StoreError(UserError):
     """A store file that cannot be read as written (truncated, not JSON/CSV): named, with what to do."""
 
 
+class StoreFull(Exception):
+    """The store's disk is full: what was finished is stored, the rest trains again on the next launch."""
+
+
 class RunBusy(Exception):
     """Another live process owns the run (its lock is fresh)."""
 

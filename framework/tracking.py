@@ -22,8 +22,19 @@ def _has_api_key() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=1)
-def _reachable(host: str = WANDB_HOST, port: int = 443, timeout: float = 1.5) -> bool:
+def wandb_server() -> tuple[str, int]:
+    """(host, port) of the W&B server: $WANDB_BASE_URL (a self-hosted server), else api.wandb.ai:443."""
+    from urllib.parse import urlsplit
+    url = urlsplit(os.environ.get("WANDB_BASE_URL") or f"https://{WANDB_HOST}")
+    return url.hostname or WANDB_HOST, url.port or (80 if url.scheme == "http" else 443)
+
+
+def _reachable(timeout: float = 1.5) -> bool:
+    return _connects(*wandb_server(), timeout)
+
+
+@functools.lru_cache(maxsize=4)
+def _connects(host: str, port: int, timeout: float) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -43,7 +54,7 @@ def wandb_mode(cfg: RunConfig) -> str:
         # asked for online and it cannot be: say so once, before any run starts (W&B itself waits init_timeout,
         # 60 s, per run, then fails each with an error naming another run)
         why = "no W&B API key (run `wandb login` or set WANDB_API_KEY)" if not _has_api_key() else \
-            f"{WANDB_HOST} cannot be reached from this machine"
+            "the W&B server {}:{} cannot be reached from this machine".format(*wandb_server())
         from framework.registry import UserError
         raise UserError(f"tracking.mode=online: {why}; use tracking.mode=offline and `repro sync` later, or "
                         f"tracking.mode=auto (online when it can be, else offline)")

@@ -266,3 +266,127 @@ def test_sync_builds_a_command_the_installed_wandb_accepts(tiny, tmp_path):
     r = repro("sync", "--dry-run", *dirs(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "would sync 1 offline runs" in r.stdout and "Error" not in r.stdout + r.stderr
+
+
+# ---- rough edges: locks, the runs folder, a full disk, online mode, huge grids, names in HTML -------------------
+
+def _lock(store, cfg, text, mtime=None):
+    path = store.run_dir(cfg.experiment, config_hash(cfg)) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+@pytest.mark.parametrize("text", ['{"host": "%s", "pid": "abc"}', "[1, 2]", '{"host": "%s", "pid": 100000000000000000000}',
+                                  "\x00\x01 not json", '{"host": "%s", "pid": 1, "token": "x"}'])
+def test_a_malformed_or_unrelated_lock_is_taken_over(text, tiny, tmp_path):
+    """Malformed locks (not written by this tool) and a live unrelated pid with a heartbeat an hour in the future
+    are stale: the run trains at once (it used to raise, or wait until mtime + the stale limit)."""
+    import socket
+    from framework.runner import train
+    store = RunStore(tmp_path / "runs")
+    cfg = tiny()
+    future = time.time() + 3600 if '"pid": 1,' in text else None
+    _lock(store, cfg, text.replace("%s", socket.gethostname()), future)
+    started = time.time()
+    assert train(cfg, store)["status"] == "done"
+    assert time.time() - started < 60
+
+
+def test_a_lock_of_a_reused_pid_is_taken_over(tiny, tmp_path):
+    import socket
+    from framework.runner import train
+    from framework.store import _process_start
+    store = RunStore(tmp_path / "runs")
+    cfg = tiny()
+    parent = os.getppid()  # alive, and not the process that wrote the lock (its start time differs)
+    _lock(store, cfg, json.dumps({"host": socket.gethostname(), "pid": parent, "token": "x",
+                                  "pid_start": (_process_start(parent) or 0) + 1}))
+    assert train(cfg, store)["status"] == "done"
+
+
+def test_a_lock_that_is_a_folder_and_a_runs_dir_that_is_a_file_are_one_line(tmp_path):
+    from experiments import RECIPES
+    (run, *_) = RECIPES.get("double_descent")().runs("smoke", DD[3:5], seeds=1)
+    lock = tmp_path / "runs" / "double_descent" / run.run_id / "lock"
+    lock.mkdir(parents=True)
+    one_line_error(repro("run", *DD, *dirs(tmp_path)), "lock", "not a lock file")
+    (tmp_path / "file").write_text("x")
+    one_line_error(repro("run", *DD, "--runs-dir", str(tmp_path / "file")), "--runs-dir", "is a file")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MB filesystem (tmpfs); skipped where this process may not mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_in_a_fused_group_keeps_what_finished(tiny, tmp_path, small_disk):
+    """Another process fills the disk as the group ends: the members stored before it stay done, the rest are
+    left to train again (never `failed`, never `done` without their files), the error is one exception the CLI
+    prints as one line (exit 1), and the rerun finishes them."""
+    import pytorch_lightning as pl
+    from framework.runner import train_group
+    from framework.store import StoreFull
+    cfgs = [tiny(seed=s, trainer__max_epochs=20, diagnostics__every_n_steps=1) for s in range(4)]
+    reference = RunStore(tmp_path / "ref")
+    train_group(cfgs, reference)
+    member = sum(p.stat().st_size for p in reference.run_dir("test", config_hash(cfgs[0])).rglob("*") if p.is_file())
+    filler = small_disk / "filler"
+
+    class FillTheDisk(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            st = os.statvfs(small_disk)
+            free = st.f_bavail * st.f_frsize
+            with open(filler, "wb") as f:
+                f.write(b"\0" * max(0, free - int(1.5 * member)))
+
+    store = RunStore(small_disk / "runs")
+    with pytest.raises(StoreFull, match="no space left"):
+        train_group(cfgs, store, callbacks=(FillTheDisk(),))
+    statuses = [store.status_record("test", config_hash(c)).get("status") for c in cfgs]
+    assert statuses[0] == "done" and store.is_finished("test", config_hash(cfgs[0])), statuses
+    assert "failed" not in statuses and statuses.count("done") < 4, statuses
+    for c, status in zip(cfgs, statuses):
+        assert (status == "done") == store.is_finished("test", config_hash(c))
+    filler.unlink()
+    again = train_group(cfgs, store)
+    assert again[0].get("skipped") and all(r["status"] == "done" for r in again)
+
+
+def test_online_tracking_that_cannot_be_fails_once_before_training(tmp_path):
+    started = time.time()
+    r = repro("run", *DD[:4], "tracking.mode=online", "--seeds", "1", *dirs(tmp_path),
+              env={"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": ""})
+    one_line_error(r, "tracking.mode=online", "127.0.0.1:9")
+    assert time.time() - started < 60 and not (tmp_path / "runs").exists()
+
+
+def test_an_absurd_grid_is_refused_before_it_is_expanded(tmp_path):
+    widths = ",".join(str(w) for w in range(1, 1001))
+    started = time.time()
+    r = repro("run", *DD[:3], f"grid.model.width=[{widths}]", "--seeds", "1000", *dirs(tmp_path))
+    one_line_error(r, "1,000,000 runs", "--yes")
+    assert time.time() - started < 60
+
+
+def test_a_scale_name_is_a_folder_name_and_is_escaped_in_html(tmp_path):
+    import yaml
+    from framework.recipe import config_dir
+    from framework.report import index_page
+    configs = tmp_path / "configs"
+    shutil.copytree(config_dir(), configs)
+    spec = yaml.safe_load((configs / "double_descent.yaml").read_text())
+    spec["scales"]["<img src=x>"] = spec["scales"]["smoke"]
+    (configs / "double_descent.yaml").write_text(yaml.safe_dump(spec))
+    r = repro("run", "double_descent", "--scale", "<img src=x>", *dirs(tmp_path), env={"REPRO_CONFIGS": str(configs)})
+    one_line_error(r, "scales.<img src=x>", "folder name")
+    page = index_page([{"experiment": "e<b>", "scale": "<img src=x>", "claims": []}], {})
+    assert "<img src=x>" not in page and "e<b>" not in page
