@@ -56,11 +56,11 @@ def test_a_typed_experiment_cannot_write_outside_the_store(name, tmp_path):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     target = str(tmp_path / "outside") if name == "ABSOLUTE" else name
-    r = repro("run", *DD, f"experiment={target}", *dirs(work), cwd=work)
+    env = {"PYTHONPATH": str(ROOT)}  # this tree's framework, from another working directory
+    r = repro("run", *DD, f"experiment={target}", *dirs(work), cwd=work, env=env)
     one_line_error(r, "experiment")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "outside").exists()
-    assert not (work / "runs").exists() or not any((work / "runs").rglob("config.yaml"))
-    s = repro("status", *DD[:-2], f"experiment={target}", "--runs-dir", str(work / "runs"), cwd=work)
+    assert not list(tmp_path.rglob("config.yaml")), "nothing written, inside the store or outside it"
+    s = repro("status", *DD[:-2], f"experiment={target}", "--runs-dir", str(work / "runs"), cwd=work, env=env)
     one_line_error(s, "experiment")
 
 
@@ -101,6 +101,7 @@ def test_a_signal_stops_full_batch_training_and_the_resume_is_exact(members, tin
     for cfg, a, b in zip(cfgs, expected, resumed):
         assert b["status"] == "done" and b["steps"] == a["steps"] == 40
         assert b["train_loss"] == a["train_loss"]
+        assert b["fused_members"] == members and b["compute"].startswith("cpu ")  # how it trained, per run
         pd.testing.assert_frame_equal(store.read_frame("test", b["run_id"], "metrics.csv"),
                                       reference.read_frame("test", a["run_id"], "metrics.csv"))
 
@@ -390,3 +391,16 @@ def test_a_scale_name_is_a_folder_name_and_is_escaped_in_html(tmp_path):
     one_line_error(r, "scales.<img src=x>", "folder name")
     page = index_page([{"experiment": "e<b>", "scale": "<img src=x>", "claims": []}], {})
     assert "<img src=x>" not in page and "e<b>" not in page
+
+
+def test_a_read_only_runs_folder_is_one_line(tmp_path):
+    """Root writes through permission bits, so a read-only filesystem it is (a real one: tmpfs mounted ro)."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        one_line_error(repro("run", *DD, "--runs-dir", str(disk / "runs")), "--runs-dir", "not writable")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
