@@ -22,7 +22,7 @@ def test_smoke_suite_writes_verdict_and_figures(tmp_path):
     for claim in verdict["claims"]:
         assert {"claim", "reference", "statistic", "per_seed", "mean", "interval", "criterion", "verdict",
                 "measured"} <= set(claim)
-        assert claim["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+        assert claim["verdict"] == "inconclusive" and claim["too_few_seeds"]  # two seeds judge nothing
     out = tmp_path / "reports" / "vanishing_gradients" / "smoke"
     for fig in ("training_curves", "grad_norm_by_layer", "grad_norm_heatmap"):
         assert (out / f"{fig}.png").stat().st_size > 10_000
