@@ -404,3 +404,29 @@ def test_a_read_only_runs_folder_is_one_line(tmp_path):
         one_line_error(repro("run", *DD, "--runs-dir", str(disk / "runs")), "--runs-dir", "not writable")
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_through_the_cli_is_one_line_and_exit_1(tmp_path, small_disk):
+    """The same full disk as above, met by `repro run` (the disk is filled by a callback placed in the child
+    process only, as the signal tests place their signals): one line, exit 1, no traceback; what finished stays."""
+    patch = f"""
+import os
+import pytorch_lightning as pl
+import framework.runner as runner
+class FillTheDisk(pl.Callback):
+    def on_train_end(self, trainer, pl_module):
+        st = os.statvfs({str(small_disk)!r})
+        with open({str(small_disk / "filler")!r}, "wb") as f:
+            f.write(b"\\0" * st.f_bavail * st.f_frsize)  # every block: the run's files cannot be written
+callbacks = runner._callbacks
+runner._callbacks = lambda *a, **k: [*callbacks(*a, **k), FillTheDisk()]
+"""
+    code = patch + "\nfrom framework.cli import app\napp()\n"
+    r = subprocess.run([sys.executable, "-c", code, "run", *DD, "--runs-dir", str(small_disk / "runs"),
+                        "--reports-dir", str(tmp_path / "reports")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 1, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no space left") and "Traceback" not in r.stderr, r.stderr
+    statuses = [json.loads(p.read_text())["status"] for p in (small_disk / "runs").glob("double_descent/*/status.json")]
+    assert statuses and "failed" not in statuses and "done" not in statuses, statuses
