@@ -10,7 +10,6 @@ Exit codes, for every command:
 """
 from __future__ import annotations
 
-import errno
 import math
 import os
 import shutil
@@ -145,7 +144,7 @@ def run(
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
     from framework.preemption import SIGNALS, Stop
     from framework.recipe import run_suite
-    from framework.store import RunStore, StoreFull
+    from framework.store import RunStore, StoreFull, disk_full
     _confirm(yes)
     try:
         _check_runs_dir(runs_dir)
@@ -183,10 +182,8 @@ def run(
         _fail(e)
     except Stop as e:
         _stopped(e)
-    except StoreFull as e:
-        _full(e)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except (StoreFull, OSError) as e:
+        if not (isinstance(e, StoreFull) or disk_full(e)):
             raise
         _full(e)
     if _print_failures(verdicts):

@@ -137,6 +137,6 @@ def plan_suite(runs: list, store, fuse: str = "auto", fuse_max: int = FUSE_MAX, 
     if not runs:
         return []
     exp = runs[0].cfg.experiment
-    finished = set() if force else {r.run_id for r in runs if store.unusable(r.cfg, r.run_id) is None}
+    finished = set() if force else {r.run_id for r in runs if store.is_finished(exp, r.run_id)}
     own_checkpoint = {r.run_id for r in runs if store.checkpoint(exp, r.run_id).exists()}
     return plan(runs, fuse, fuse_max, keep=store.saved_groups(exp), alone=finished | own_checkpoint)

@@ -277,8 +277,8 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     scale = scale or recipe.default_scale()
     runs = recipe.runs(scale, overrides, seeds, seed_base)
     from framework.tracking import wandb_mode
-    for mode in {r.cfg.tracking.mode for r in runs}:  # online that cannot be: one line now, not a failure a run
-        wandb_mode(next(r.cfg for r in runs if r.cfg.tracking.mode == mode))
+    for cfg in {r.cfg.tracking.mode: r.cfg for r in runs}.values():  # online that cannot be: one line now
+        wandb_mode(cfg)
     started = time.time()
     failed: list[dict] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -309,12 +309,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     if not is_lead_process():  # DDP workers train; only rank 0 reports
         return {"experiment": recipe.name, "scale": scale, "claims": [], "runs": {}, "figures": [], "failed": []}
     frame = runs_frame(runs, store)
-    try:
-        claims, claims_error = recipe.claims(frame, store), None
-    except UserError:
-        raise
-    except Exception as e:  # e.g. every run of a claim failed: the runs stay stored, the command exits 1
-        claims, claims_error = [], f"{type(e).__name__}: {e}"
+    claims, claims_error = claims_or_error(recipe, frame, store)
     outdir = recipe.report_dir(reports_dir, scale)
     outdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -336,6 +331,17 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     atomic_write(outdir / "verdict.json", strict_json(verdict, indent=1, default=_jsonable))
     frame.to_csv(outdir / "runs.csv", index=False)
     return verdict
+
+
+def claims_or_error(recipe: Recipe, frame: pd.DataFrame, store: RunStore) -> tuple[list[dict], str | None]:
+    """The recipe's claims, or none and the error that stopped them (every run of a claim failed, say): the runs
+    stay stored and the command exits 1 (`run` and `report` alike). A damaged store file (UserError) is raised."""
+    try:
+        return recipe.claims(frame, store), None
+    except UserError:
+        raise
+    except Exception as e:
+        return [], f"{type(e).__name__}: {e}"
 
 
 POLL_S = 2.0  # how often a suite looks at runs another process owns

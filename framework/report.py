@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from framework.config import flatten
-from framework.recipe import Recipe, runs_frame
+from framework.recipe import Recipe, claims_or_error, runs_frame
 from framework.registry import UserError
 from framework.store import RunStore, atomic_write, strict_json
 from framework.tracking import code_version
@@ -233,12 +233,7 @@ def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path
     outdir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(outdir / "summary.csv", index=False)
     hist.to_csv(outdir / "history.csv", index=False)
-    try:
-        claims, claims_error = recipe.claims(summary, store), None
-    except UserError:
-        raise
-    except Exception as e:  # as `run` does: a recipe's error on missing runs costs its claims, not the report
-        claims, claims_error = [], f"{type(e).__name__}: {e}"
+    claims, claims_error = claims_or_error(recipe, summary, store)
     figures = recipe.figures(summary, store, outdir) + diagnostics_figure(summary, store, recipe.name, outdir)
     info = versions()
     verdict = {"experiment": recipe.name, "scale": scale, "source": source, "claims": claims,

@@ -1,7 +1,6 @@
 """Train one run: config in, a Lightning fit, metrics and status in the run store and W&B."""
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -29,7 +28,7 @@ from framework.probes import Probes
 from framework.preemption import SIGNALS, Preempted, Preemption, Stop
 from framework.registry import UserError
 from framework.fused import fused_steps
-from framework.store import RunBusy, RunLock, RunStore, StoreError, StoreFull, atomic_write
+from framework.store import RunBusy, RunLock, RunStore, StoreError, StoreFull, atomic_write, disk_full
 from framework.tracking import make_wandb_logger
 
 
@@ -317,13 +316,16 @@ def _prepare_store(members: list[Member], store: RunStore, force: bool, lead: bo
     if force:
         checkpoint.unlink(missing_ok=True)
     resume = usable_checkpoint(store, checkpoint)
-    if resume is not None:
-        resume = _continuable(store, members, resume)
+    records = {}
     for m in members:
         try:
-            previous = store.status_record(m.exp, m.run_id)
+            records[m.run_id] = store.status_record(m.exp, m.run_id)
         except StoreError:
-            previous = {}  # a damaged status is replaced by this attempt's
+            records[m.run_id] = {}  # a damaged status is replaced by this attempt's
+    if resume is not None:
+        resume = _continuable(store, members, resume, records)
+    for m in members:
+        previous = records[m.run_id]
         if resume is not None:
             store.check_config(m.cfg, m.run_id)  # a checkpoint continues only the config that wrote it
         m.attempt = max(1, int(previous.get("attempt", 0)) + (resume is None))
@@ -340,20 +342,14 @@ def _prepare_store(members: list[Member], store: RunStore, force: bool, lead: bo
     return resume
 
 
-def _continuable(store: RunStore, members: list[Member], checkpoint: Path) -> Path | None:
+def _continuable(store: RunStore, members: list[Member], checkpoint: Path, records: dict[str, dict]) -> Path | None:
     """The checkpoint, when every member still holds the attempt it continues (its config and an unfinished status).
     A member whose folder was deleted (to retrain it) would otherwise be restored mid-training
     from the group's checkpoint with its first steps' metrics gone: its summary would read from the resumed part
-    alone. Then the checkpoint is set aside, with a line, and every member starts again from step 0."""
-    lost = []
-    for m in members:
-        try:
-            previous = store.status_record(m.exp, m.run_id)
-        except StoreError:
-            previous = {}
-        if previous.get("status") not in ("pending", "running", "failed") or \
-                not (store.run_dir(m.exp, m.run_id) / "config.yaml").exists():
-            lost.append(m)
+    alone. Then the checkpoint is set aside, with a line, and every member starts again from step 0.
+    `records`: each member's status record, as _prepare_store read it."""
+    lost = [m for m in members if records[m.run_id].get("status") not in ("pending", "running", "failed")
+            or not (store.run_dir(m.exp, m.run_id) / "config.yaml").exists()]
     if not lost:
         return checkpoint
     aside = store.set_aside(checkpoint)
@@ -469,7 +465,7 @@ def _record_stop(e: BaseException, members: list[Member], store, lead, stored: i
     and ends the task; bad input fails them and ends the command; a full disk leaves them pending (as far as a
     status can still be written; a `running` one left behind trains again too) and ends the command; any other
     error fails them and the suite goes on. `members`: those not yet stored (`stored` of the group were)."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if disk_full(e):
         for m in members:
             try:
                 m.set_status(store, lead, "pending", stopped="disk full")

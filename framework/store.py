@@ -9,6 +9,7 @@ A run has one owner at a time: the process holding `<run>/lock` (see RunLock).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from framework.config import SAFE_NAME  # the one rule for a name that becomes a folder (validate uses it too)
 from framework.registry import UserError
 
 FINISHED = ("done", "diverged")
@@ -40,6 +42,10 @@ class StoreError(UserError):
 
 class StoreFull(Exception):
     """The store's disk is full: what was finished is stored, the rest trains again on the next launch."""
+
+
+def disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class RunBusy(Exception):
@@ -276,7 +282,7 @@ def _break_stale(path: Path, owner: dict) -> None:
 
 
 def _folder_name(name: str, what: str, root: Path) -> str:
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+    if not SAFE_NAME.fullmatch(name):
         raise StoreError(f"{what} {name!r} is not a folder name inside the store {root}")
     return name
 

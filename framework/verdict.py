@@ -141,13 +141,13 @@ def summarise(per_seed: dict[int, Claim]) -> dict:
 
 def never_trained(runs) -> "pd.Series":
     """Runs that never took a finite step: diverged at step 0, or a non-finite initial loss."""
+    import numpy as np
     import pandas as pd
     status = runs["status"] if "status" in runs else pd.Series("", index=runs.index)
     at_zero = runs["diverged_step"].eq(0) if "diverged_step" in runs else pd.Series(False, index=runs.index)
     initial = pd.to_numeric(runs["initial_train_loss"], errors="coerce") if "initial_train_loss" in runs else \
         pd.Series(0.0, index=runs.index)
-    return status.eq("diverged") & at_zero | status.isin(["done", "diverged"]) & ~initial.apply(
-        lambda v: math.isfinite(v) if v == v else False)
+    return (status.eq("diverged") & at_zero) | (status.isin(["done", "diverged"]) & ~np.isfinite(initial))
 
 
 def judge(measure, runs, store) -> list[dict]:

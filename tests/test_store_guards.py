@@ -38,7 +38,18 @@ def dd_copy(dd_trained, tmp_path):
     return tmp_path
 
 
-DD_ALL = [*DD[:3], *DD[4:]]  # the suite dd_trained ran: the smoke grid, one seed
+DD_ALL = [*DD[:3], *DD[4:]]
+
+
+def usr1_at(hook: str, step: int):
+    """A Lightning callback that sends this process a real SIGUSR1, once, from `hook` at global step `step`."""
+    import pytorch_lightning as pl
+
+    def send(self, trainer, *args):
+        if trainer.global_step == step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+    return type("SignalAt", (pl.Callback,), {"sent": False, hook: send})()  # the suite dd_trained ran: the smoke grid, one seed
 
 
 def one_line_error(r, *words):
@@ -77,15 +88,8 @@ def test_the_store_refuses_a_path_as_a_folder_name(tmp_path):
 @pytest.mark.parametrize("members", [1, 2])
 def test_a_signal_stops_full_batch_training_and_the_resume_is_exact(members, tiny, tmp_path):
     """Every batch is an epoch's last here: the stop used to wait for a batch that never came."""
-    import pytorch_lightning as pl
     from framework.preemption import Preempted
     from framework.runner import train_group
-
-    class SignalAt(pl.Callback):
-        def on_train_batch_start(self, trainer, *args):
-            if trainer.global_step == 7 and not getattr(self, "sent", False):
-                self.sent = True
-                os.kill(os.getpid(), signal.SIGUSR1)
 
     cfgs = [tiny(seed=s, data__batch_size=1000, trainer__max_epochs=40, trainer__log_every_n_steps=1)
             for s in range(members)]
@@ -93,7 +97,7 @@ def test_a_signal_stops_full_batch_training_and_the_resume_is_exact(members, tin
     expected = train_group(cfgs, reference)
     store = RunStore(tmp_path / "run")
     with pytest.raises(Preempted):
-        train_group(cfgs, store, callbacks=(SignalAt(),))
+        train_group(cfgs, store, callbacks=(usr1_at("on_train_batch_start", 7),))
     for cfg in cfgs:
         status = store.status_record("test", config_hash(cfg))
         assert status["status"] == "pending" and status["checkpoint"], status
@@ -133,15 +137,8 @@ def test_sigterm_from_outside_stops_a_gradient_descent_suite(tmp_path):
 # ---- 3. a member deleted from a preempted group -------------------------------------------------------------------
 
 def test_a_deleted_member_of_a_preempted_group_is_trained_again_from_step_0(tiny, tmp_path, capfd):
-    import pytorch_lightning as pl
     from framework.preemption import Preempted
     from framework.runner import train_group
-
-    class SignalAt(pl.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 9 and not getattr(self, "sent", False):
-                self.sent = True
-                os.kill(os.getpid(), signal.SIGUSR1)
 
     cfgs = [tiny(seed=s, trainer__max_epochs=4) for s in range(2)]
     ids = [config_hash(c) for c in cfgs]
@@ -149,7 +146,7 @@ def test_a_deleted_member_of_a_preempted_group_is_trained_again_from_step_0(tiny
     expected = train_group(cfgs, reference)
     store = RunStore(tmp_path / "run")
     with pytest.raises(Preempted):
-        train_group(cfgs, store, callbacks=(SignalAt(),))
+        train_group(cfgs, store, callbacks=(usr1_at("on_train_batch_end", 9),))
     assert store.group_checkpoint("test", ids).exists()
     shutil.rmtree(store.run_dir("test", ids[1]))  # as a user does to retrain one run
     capfd.readouterr()
