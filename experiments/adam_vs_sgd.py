@@ -24,7 +24,8 @@ import torch
 from experiments import RECIPES
 from framework.data import build_splits
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history, row_config
+from framework.recipe import Recipe
+from framework.results.runs import Runs, row_config
 from framework.verdict import Claim, above, below
 
 ADAPTIVE = ("adagrad", "rmsprop", "adam")
@@ -48,7 +49,7 @@ def min_norm_reference(row: pd.Series) -> dict:
 
 def tuned(runs: pd.DataFrame) -> pd.DataFrame:
     """Per optimizer, the run whose step size has the lowest validation error (ties: the smaller step size)."""
-    done = runs[runs["status"] == "done"].sort_values(["optimizer", "val_error", "cfg.optim.lr"])
+    done = runs.matching(status="done").sort_values(["optimizer", "val_error", "optim.lr"])
     return done.groupby("optimizer").head(1).set_index("optimizer")
 
 
@@ -62,12 +63,12 @@ class AdamVsSgd(Recipe):
     title = "Adaptive methods generalise worse than SGD (Wilson et al. 2017), and AdamW's decoupled decay"
     papers = ["Wilson et al. 2017, NeurIPS, Sec. 3.3 and Fig. 1", "Loshchilov & Hutter 2019, ICLR"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
-        wilson = runs[runs["cfg.data.name"] == "wilson"]
-        task = runs[runs["cfg.data.name"] != "wilson"]
+    def measure(self, runs: Runs) -> list[Claim]:
+        wilson = runs[runs["data.name"] == "wilson"]
+        task = runs[runs["data.name"] != "wilson"]
         name = str(task["problem"].iloc[0]) if len(task) else "the real task"
         gd, adaptive, refs = {}, {}, {}
-        for p, part in wilson.groupby("cfg.data.positive_fraction"):
+        for p, part in wilson.groupby("data.positive_fraction"):
             done = part[part["status"] == "done"].set_index("optimizer")
             ref = min_norm_reference(part.iloc[0])
             refs[f"p={p:g}"] = ref
@@ -83,7 +84,7 @@ class AdamVsSgd(Recipe):
         ada = best[best.index.isin(ADAPTIVE)]["test_error"] if len(best) else pd.Series(dtype=float)
         non = best[best.index.isin(NON_ADAPTIVE)]["test_error"] if len(best) else pd.Series(dtype=float)
         picked = {f"{o}_test_error": float(r["test_error"]) for o, r in best.iterrows()} | \
-            {f"{o}_lr": float(r["cfg.optim.lr"]) for o, r in best.iterrows()}
+            {f"{o}_lr": float(r["optim.lr"]) for o, r in best.iterrows()}
         adamw = _err(best.loc["adamw", "test_error"]) if "adamw" in best.index else math.nan
         adam_l2 = _err(best.loc["adam_l2", "test_error"]) if "adam_l2" in best.index else math.nan
         return [
@@ -104,16 +105,16 @@ class AdamVsSgd(Recipe):
                   adam_l2 - adamw, above(GAP), picked),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         paths = []
-        done = runs[runs["status"] == "done"]
-        wilson = done[done["cfg.data.name"] == "wilson"]
+        done = runs.matching(status="done")
+        wilson = done[done["data.name"] == "wilson"]
         if len(wilson):
             fig, ax = plt.subplots(figsize=(5.5, 3.4))
             # seeds as points: one per seed and positive fraction
-            sns.stripplot(wilson, x="cfg.data.positive_fraction", y="test_error", hue="optimizer", dodge=True, ax=ax)
-            fracs = sorted(wilson["cfg.data.positive_fraction"].unique())
+            sns.stripplot(wilson, x="data.positive_fraction", y="test_error", hue="optimizer", dodge=True, ax=ax)
+            fracs = sorted(wilson["data.positive_fraction"].unique())
             ax.plot(range(len(fracs)), [1 - p for p in fracs], "k_", ms=30, mew=1.5,
                     label="fraction of negatives (all +1)")
             ax.set(xlabel="fraction of positive labels p", ylabel="test error (0-1 loss)",
@@ -121,9 +122,9 @@ class AdamVsSgd(Recipe):
             ax.legend(fontsize=7)
             fig.tight_layout()
             paths += save(fig, outdir / "wilson_construction")
-        digits = done[done["cfg.data.name"] != "wilson"]
+        digits = done[done["data.name"] != "wilson"]
         task = str(digits["problem"].iloc[0]) if len(digits) else ""
-        curves = history(digits, store, self.name) if len(digits) else pd.DataFrame()
+        curves = digits.curves() if len(digits) else pd.DataFrame()
         if not curves.empty:
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
             train = curves.dropna(subset=["train/loss_epoch"])

@@ -22,6 +22,7 @@ import pandas as pd
 from experiments import RECIPES
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
+from framework.results.runs import Runs
 from framework.verdict import Claim, above
 
 INTERPOLATES = 0.01   # training error at most this: the width interpolates its (noisy) training set
@@ -30,7 +31,7 @@ NEAR = 2.0            # the peak is looked for within this factor of the thresho
 
 def curve(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean train and test error per width over the given runs (one seed's: its own curve)."""
-    done = runs[runs["status"] == "done"]
+    done = runs.matching(status="done")
     return (done.groupby("model.width", as_index=False)[["train_error", "test_error"]].mean()
             .sort_values("model.width").reset_index(drop=True))
 
@@ -64,10 +65,10 @@ class DoubleDescent(Recipe):
     title = "Model-wise double descent: test error peaks at the interpolation threshold, then falls"
     papers = ["Belkin et al. 2019, PNAS, Figs. 1-2", "Nakkiran et al. 2019, ICLR 2020, Fig. 1"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
+    def measure(self, runs: Runs) -> list[Claim]:
         c = curve(runs)
         m = landmarks(c)
-        noise = float(runs["cfg.data.label_noise"].iloc[0])
+        noise = float(runs["data.label_noise"].iloc[0])
         curve_numbers = {f"test_error@{w}": round(e, 4) for w, e in zip(c["model.width"], c["test_error"])} | \
             {f"train_error@{w}": round(e, 4) for w, e in zip(c["model.width"], c["train_error"])}
         shown = m | curve_numbers
@@ -87,9 +88,9 @@ class DoubleDescent(Recipe):
                   above(0.0), shown),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
-        done = runs[runs["status"] == "done"]
+        done = runs.matching(status="done")
         long = done.melt(id_vars=["model.width"], value_vars=["train_error", "test_error"], var_name="split",
                          value_name="error")
         long["split"] = long["split"].str.replace("_error", "")
@@ -101,7 +102,7 @@ class DoubleDescent(Recipe):
             ax.axvline(thr, ls="--", c="grey")
             ax.text(thr, ax.get_ylim()[1] * 0.95, " interpolation threshold", color="grey", fontsize=7, va="top")
         ax.set(xscale="log", xlabel="hidden width (units)", ylabel="error (0-1 loss)",
-               title=f"Model-wise double descent, {done['cfg.data.label_noise'].iloc[0]:.0%} label noise"
+               title=f"Model-wise double descent, {done['data.label_noise'].iloc[0]:.0%} label noise"
                if len(done) else "Model-wise double descent")
         fig.tight_layout()
         return save(fig, outdir / "double_descent")

@@ -28,12 +28,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history
+from framework.recipe import Recipe
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, below, within
 
 HOVER = (0.8, 1.2)   # the notes' band around 2 / eta
@@ -43,14 +43,14 @@ TRACKS = 0.05        # relative loss difference while tracking: measured 0.007-0
 DEPARTS = 0.10       # twice TRACKS: measured 0.13-0.41 after the crossing (seeds 0-4, eta 0.3-0.5)
 
 
-def curves(store, experiment: str, row) -> tuple[pd.DataFrame, pd.Series]:
+def curves(runs: Runs, row) -> tuple[pd.DataFrame, pd.Series]:
     """(probes: step, t, loss, sharpness; the full-batch loss at every logged step) of a finished run."""
     if row is None or row["status"] != "done":
         return pd.DataFrame(columns=["step", "t", "loss", "sharpness"]), pd.Series(dtype=float)
-    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    m = runs.curve(row)
     probes = m.dropna(subset=["probe/sharpness"])[["step", "probe/loss", "probe/sharpness"]]
     probes = probes.rename(columns={"probe/loss": "loss", "probe/sharpness": "sharpness"}).reset_index(drop=True)
-    probes["t"] = (probes["step"] * float(row["cfg.optim.lr"])).round(6)
+    probes["t"] = (probes["step"] * float(row["optim.lr"])).round(6)
     # one full batch an epoch: the epoch's loss is the full-batch loss before that step's update
     steps = m.dropna(subset=["train/loss_epoch"]).set_index("step")["train/loss_epoch"] if "train/loss_epoch" in m \
         else pd.Series(dtype=float)
@@ -97,17 +97,17 @@ class EdgeOfStability(Recipe):
     title = "The edge of stability: progressive sharpening to 2 / eta, and gradient descent leaving gradient flow"
     papers = ["Cohen et al. 2021"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
-        flow_row = runs[runs["part"] == "flow"]
-        flow, flow_steps = curves(store, self.name, flow_row.iloc[0] if len(flow_row) else None)
+    def measure(self, runs: Runs) -> list[Claim]:
+        flow_row = runs.matching(part="flow")
+        flow, flow_steps = curves(runs, flow_row.iloc[0] if len(flow_row) else None)
         sharpening = math.log2(flow["sharpness"].iloc[-1] / flow["sharpness"].iloc[0]) \
             if len(flow) > 1 and flow["sharpness"].iloc[0] > 0 and flow["sharpness"].iloc[-1] > 0 else math.nan
         flow_rose = float((flow_steps.diff().dropna() > 0).mean()) if len(flow_steps) > 1 else math.nan
 
         per_lr = {}
-        for _, r in runs[runs["part"] == "gd"].sort_values("cfg.optim.lr").iterrows():
-            lr = float(r["cfg.optim.lr"])
-            probes, steps = curves(store, self.name, r)
+        for _, r in runs.matching(part="gd").sort_values("optim.lr").iterrows():
+            lr = float(r["optim.lr"])
+            probes, steps = curves(runs, r)
             e = edge(probes, lr) if len(probes) else {"initial_ratio": math.nan, "max_ratio": math.nan,
                                                       "crossing_step": None, "hover_ratio": math.nan}
             drop, rose = falls(steps, e["crossing_step"])
@@ -147,21 +147,21 @@ class EdgeOfStability(Recipe):
                   worst("departure"), above(DEPARTS), {k: v["departure"] for k, v in per_lr.items()}),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         frames = []
         for _, r in runs.iterrows():
-            probes, _ = curves(store, self.name, r)
+            probes, _ = curves(runs, r)
             if len(probes):
-                probes["run"] = "flow" if r["part"] == "flow" else f"eta {float(r['cfg.optim.lr']):g}"
+                probes["run"] = "flow" if r["part"] == "flow" else f"eta {float(r['optim.lr']):g}"
                 probes["seed"] = r["seed"]
                 frames.append(probes)
         if frames:
             table = pd.concat(frames, ignore_index=True)
             gd = table[table["run"] != "flow"]
             sns.lineplot(gd, x="step", y="sharpness", hue="run", errorbar=("pi", 100), ax=axes[0])
-            for i, lr in enumerate(sorted(runs[runs["part"] == "gd"]["cfg.optim.lr"].unique())):
+            for i, lr in enumerate(sorted(runs.matching(part="gd")["optim.lr"].unique())):
                 axes[0].axhline(2 / lr, color=f"C{i}", ls="--", lw=0.8)
             axes[0].set(title="Sharpness against 2 / eta (dashed), seed band", ylabel="top Hessian eigenvalue")
             sns.lineplot(table, x="t", y="sharpness", hue="run", errorbar=("pi", 100), ax=axes[1])

@@ -40,8 +40,9 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, best_rate, history, loglog_slope
-from framework.runner import log_crossing
+from framework.recipe import Recipe
+from framework.results.runs import Runs
+from framework.results.measures import best_rate, critical_batch, log_crossing, loglog_slope
 from framework.verdict import Claim, above, within
 
 SLOPE_VAR = (-1.1, -0.9)  # the notes' band around McCandlish et al.'s exact -1
@@ -49,10 +50,6 @@ FIT_R2 = 0.9              # S = S_min (1 + B_crit / B) explains the steps-to-tar
 AGREE = (0.1, 10.0)       # B_crit / B_simple: within an order of magnitude
 SLOPE_LR = (0.7, 1.3)     # measured / Eq. 2.7's slope: the band lr_scaling gives "linear"
 VAR_COLUMN = re.compile(r"probe/minibatch_var@(\d+)$")
-
-
-def _metrics(store, experiment: str, row) -> pd.DataFrame:
-    return store.read_frame(experiment, row["run_id"], "metrics.csv")
 
 
 def variance_slopes(m: pd.DataFrame, n: int, until: int | None = None) -> list[float]:
@@ -101,7 +98,7 @@ def _at_crossing(probes: pd.DataFrame, target: float, first_below) -> float:
     return math.exp((1 - w) * math.log(b_before) + w * math.log(b_after))
 
 
-def crossing_step(store, experiment: str, row, target: float) -> float:
+def crossing_step(runs: Runs, row, target: float) -> float:
     """Steps to the target loss, between probes: the run's steps_to_target (the first probe at or below the
     target) moved back to where the probe loss crosses the target, interpolated in log loss from the probe before
     it (inf: never reached). The probes come every 2 steps, and at batch 32 a run reaches the target in about 50:
@@ -110,7 +107,7 @@ def crossing_step(store, experiment: str, row, target: float) -> float:
     if row["status"] != "done" or pd.isna(row.get("steps_to_target")):
         return math.inf
     first = float(row["steps_to_target"])
-    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    m = runs.curve(row)
     probes = m.dropna(subset=["probe/loss"]).sort_values("step") if "probe/loss" in m else m.iloc[:0]
     step, loss = probes["step"].to_numpy(float), probes["probe/loss"].to_numpy(float)
     at = np.flatnonzero(step == first)
@@ -121,31 +118,25 @@ def crossing_step(store, experiment: str, row, target: float) -> float:
     return first if w is None else float(step[i - 1] + w * (step[i] - step[i - 1]))
 
 
-def sweep(runs: pd.DataFrame, store, experiment: str = "gradient_noise") -> pd.DataFrame:
+def sweep(runs: Runs) -> pd.DataFrame:
     """Per batch size: the fewest steps to target over its learning rates (`crossing_step`; inf: none reached
     it) and the best learning rate, refined between grid points (`best_rate`; nan: none reached it)."""
-    s = runs[runs["part"] == "sweep"] if "part" in runs else runs.iloc[:0]
+    s = runs.matching(part="sweep")
     if not len(s):
         return pd.DataFrame(columns=["batch", "steps", "lr"])
-    target = float(s["cfg.diagnostics.target_loss"].iloc[0])
+    target = float(s["diagnostics.target_loss"].iloc[0])
     rows = []
-    for b, g in s.groupby("cfg.data.batch_size"):
-        cost = pd.Series([crossing_step(store, experiment, r, target) for _, r in g.iterrows()], index=g.index)
-        rows.append({"batch": int(b), "steps": float(cost.min()), "lr": best_rate(g["cfg.optim.lr"].astype(float), cost),
-                     "lr_grid": sorted(g["cfg.optim.lr"].astype(float))})
+    for b, g in s.groupby("data.batch_size"):
+        cost = pd.Series([crossing_step(runs, r, target) for _, r in g.iterrows()], index=g.index)
+        rows.append({"batch": int(b), "steps": float(cost.min()), "lr": best_rate(g["optim.lr"].astype(float), cost),
+                     "lr_grid": sorted(g["optim.lr"].astype(float))})
     return pd.DataFrame(rows).sort_values("batch")
 
 
-def critical_batch(best: pd.DataFrame) -> dict:
-    """Least squares of S = a + b / B (a = S_min, b = S_min B_crit): B_crit = b / a and the fit's R^2."""
-    ok = best[np.isfinite(best["steps"])]
-    if len(ok) < 3:
-        return {"s_min": math.nan, "b_crit": math.nan, "r2": math.nan}
-    x, y = 1.0 / ok["batch"].to_numpy(float), ok["steps"].to_numpy(float)
-    b, a = np.polyfit(x, y, 1)
-    pred = a + b * x
-    r2 = 1 - float(((y - pred) ** 2).sum()) / float(((y - y.mean()) ** 2).sum()) if len(y) > 1 else math.nan
-    return {"s_min": float(a), "b_crit": float(b / a) if a > 0 else math.nan, "r2": r2}
+def critical_fit(best: pd.DataFrame) -> dict:
+    """S = S_min (1 + B_crit / B) fit to the fewest steps per batch (measures.critical_batch): S_min, B_crit, R^2."""
+    fitted = critical_batch(dict(zip(best["batch"].astype(int), best["steps"].astype(float))))
+    return {k: fitted[k] for k in ("s_min", "b_crit", "r2")}
 
 
 @RECIPES.register("gradient_noise")
@@ -154,18 +145,18 @@ class GradientNoise(Recipe):
     title = "Gradient noise and the critical batch: the 1/B variance law, B_simple, steps to target over batch sizes"
     papers = ["McCandlish et al. 2018, An empirical model of large-batch training", "Shallue et al. 2019, JMLR"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
-        noise = runs[runs["part"] == "noise"] if "part" in runs else runs.iloc[:0]
+    def measure(self, runs: Runs) -> list[Claim]:
+        noise = runs.matching(part="noise")
         row = noise.iloc[0] if len(noise) else None
-        m = _metrics(store, self.name, row) if row is not None else pd.DataFrame()
+        m = runs.curve(row)
         n = int(row["n_train"]) if row is not None and pd.notna(row.get("n_train")) else 0
-        target = float(row["cfg.diagnostics.target_loss"]) if row is not None else math.nan
+        target = float(row["diagnostics.target_loss"]) if row is not None else math.nan
         noise_scale = noise_at_target(m, target)
         b_simple, b_init = noise_scale["b_simple_at_target"], noise_scale["b_simple_at_init"]
         slopes = variance_slopes(m, n, noise_scale.get("target_step")) if n else []
         growth = math.log10(b_simple / b_init) if b_init > 0 and b_simple > 0 else math.nan
-        best = sweep(runs, store, self.name)
-        fit = critical_batch(best)
+        best = sweep(runs)
+        fit = critical_fit(best)
         below_crit = best[(best["batch"] < fit["b_crit"]) & np.isfinite(best["steps"])] \
             if math.isfinite(fit["b_crit"]) else best.iloc[:0]
         lr_slope = loglog_slope(below_crit["batch"], below_crit["lr"])
@@ -195,11 +186,11 @@ class GradientNoise(Recipe):
                    "measured_slope": lr_slope, "eq_2_7_slope": eq27_slope} | table),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         fig, axes = plt.subplots(1, 4, figsize=(20, 4))
-        noise = runs[runs["part"] == "noise"]
-        curves = history(noise, store, self.name)
+        noise = runs.matching(part="noise")
+        curves = noise.curves()
         if not curves.empty:
             cols = [c for c in curves.columns if VAR_COLUMN.match(c)]
             probes = curves.dropna(subset=cols) if cols else curves.iloc[:0]
@@ -224,8 +215,8 @@ class GradientNoise(Recipe):
                 axes[1].invert_xaxis()
         rows = []
         for seed in sorted(runs["seed"].unique()):
-            best = sweep(runs[runs["seed"] == seed], store, self.name)
-            fit = critical_batch(best)
+            best = sweep(runs[runs["seed"] == seed])
+            fit = critical_fit(best)
             rows += [{"seed": seed, "batch": r.batch, "steps": r.steps, "lr": r.lr, **fit} for r in best.itertuples()]
         table = pd.DataFrame(rows)
         if len(table):

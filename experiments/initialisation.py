@@ -35,11 +35,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history, loss_reduction, pick, row_config
+from framework.recipe import Recipe
+from framework.results.measures import loss_reduction
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, below
 
 BAND = 1.0           # decades: a variance "kept" over depth (finite-width sd ~0.4 decades at 50 x 256)
@@ -73,12 +74,12 @@ def tanh_theory(first_var: float, layers: int, gain: float = 1.0) -> tuple[float
     return _gauss(lambda z: np.tanh(math.sqrt(q) * z) ** 2) / first_var, back
 
 
-def at_init(store, experiment: str, row) -> dict:
+def at_init(runs: Runs, row) -> dict:
     """Forward and backward ratios over the hidden layers and the mean saturated share, at step 0 (4/n's update
     then overflows: its run is recorded diverged, its initialisation is measured all the same)."""
     if row is None or row["status"] not in ("done", "diverged"):  # measured before the first update
         return {"forward": math.nan, "backward": math.nan, "saturation": math.nan, "layers": 0, "first_var": math.nan}
-    d = store.read_frame(experiment, row["run_id"], "diagnostics.csv")
+    d = runs.curve(row, "diagnostics.csv")
     hidden = d[(d["step"] == d["step"].min())].dropna(subset=["act_var"]).sort_values("layer")
     v, g = hidden["act_var"].to_numpy(), hidden["act_grad_norm"].to_numpy()
     ratio = lambda a, b: float(a / b) if b > 0 and math.isfinite(a) and math.isfinite(b) else math.nan  # noqa: E731
@@ -99,11 +100,11 @@ def theory(scheme: str, measured: dict) -> tuple[float, float]:
     return tanh_theory(measured["first_var"], layers)
 
 
-def max_unit_spread(store, experiment: str, row) -> float:
+def max_unit_spread(runs: Runs, row) -> float:
     """The largest unit_spread of a hidden layer (every weight layer but the head) over the measured steps."""
     if row is None or row["status"] != "done":
         return math.nan
-    d = store.read_frame(experiment, row["run_id"], "diagnostics.csv")
+    d = runs.curve(row, "diagnostics.csv")
     return float(d[d["layer"] < d["layer"].max()]["unit_spread"].max())
 
 
@@ -113,10 +114,10 @@ class Initialisation(Recipe):
     title = "Initialisation: variance through depth, saturation, symmetry, and what they do to training"
     papers = ["Glorot & Bengio 2010", "He et al. 2015", "Poole et al. 2016", "Hanin & Rolnick 2018"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
-        var = runs[runs["part"] == "variance"]
-        measured = {r["scheme"]: at_init(store, self.name, r) for _, r in var.iterrows()}
-        blank = at_init(store, self.name, None)
+    def measure(self, runs: Runs) -> list[Claim]:
+        var = runs.matching(part="variance")
+        measured = {r["scheme"]: at_init(runs, r) for _, r in var.iterrows()}
+        blank = at_init(runs, None)
         he, xavier = measured.get("he_relu", blank), measured.get("xavier_tanh", blank)
 
         def kept(m: dict) -> float:
@@ -135,11 +136,11 @@ class Initialisation(Recipe):
                     if m[way] > 0 and p > 0 and math.isfinite(m[way]) else math.nan
         worst = max(deviations.values()) if not any(map(math.isnan, deviations.values())) else math.nan
 
-        sym = runs[runs["part"] == "symmetry"]
-        spread = {r["scheme"]: max_unit_spread(store, self.name, r) for _, r in sym.iterrows()}
-        deep = runs[runs["part"] == "deep_relu"]
+        sym = runs.matching(part="symmetry")
+        spread = {r["scheme"]: max_unit_spread(runs, r) for _, r in sym.iterrows()}
+        deep = runs.matching(part="deep_relu")
         deep_drop = {r["scheme"]: loss_reduction(r) for _, r in deep.iterrows()}
-        out = runs[runs["part"] == "output"]
+        out = runs.matching(part="output")
         out_drop = {r["scheme"]: loss_reduction(r) for _, r in out.iterrows()}
 
         def ratios(m: dict) -> dict:
@@ -181,11 +182,11 @@ class Initialisation(Recipe):
                   out_drop),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        var = runs[runs["part"] == "variance"]
-        diag = history(var, store, self.name, "diagnostics.csv")
+        var = runs.matching(part="variance")
+        diag = var.curves("diagnostics.csv")
         if not diag.empty:
             init = diag[diag["step"] == 0].dropna(subset=["act_var"]).copy()
             init["hidden layer"] = init["layer"] + 1
@@ -198,7 +199,7 @@ class Initialisation(Recipe):
             for ax, col in zip(axes[:2], ["Var(a_l) / Var(a_1)", "|dL/da_l|^2 / |dL/da_L|^2"]):
                 sns.lineplot(shown, x="hidden layer", y=col, hue="scheme", errorbar=("pi", 100), ax=ax)
                 ax.set(yscale="log", title=f"At initialisation: {col.split(' /')[0]} over depth (seed band)")
-        curves = history(runs[runs["part"].isin(["deep_relu", "output"])], store, self.name)
+        curves = runs[runs["part"].isin(["deep_relu", "output"])].curves()
         if not curves.empty and "train/loss_epoch" in curves:
             ep = curves.dropna(subset=["train/loss_epoch"]).copy()
             ep["run"] = ep["part"] + ": " + ep["scheme"]

@@ -36,7 +36,9 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, best_rate, loglog_slope
+from framework.recipe import Recipe
+from framework.results.measures import best_rate, critical_batch, loglog_slope, steps_per_epoch
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, below, within
 
 TOL = 0.02            # held-out error within this of the small-batch result: "matches" (2 binomial SE of a 5%
@@ -63,23 +65,13 @@ def steps_from_epochs(row) -> float:
     epochs = row.get("epochs_to_target")
     if row["status"] != "done" or epochs is None or pd.isna(epochs):
         return math.inf
-    return float(epochs) * math.ceil(int(row["n_train"]) / int(row["data.batch_size"]))
-
-
-def critical_batch(steps: dict[int, float]) -> float:
-    """McCandlish et al. 2018, Eq. 2.11: least squares of S = S_min + E_min / B over the batches that reached the
-    target; B_crit = E_min / S_min (inf: no sign of S_min > 0 over these batches; nan: under 3 batches)."""
-    ok = {b: s for b, s in steps.items() if math.isfinite(s)}
-    if len(ok) < 3:
-        return math.nan
-    e_min, s_min = np.polyfit(1.0 / np.array(list(ok), dtype=float), np.array(list(ok.values())), 1)
-    return float(e_min / s_min) if s_min > 0 else math.inf
+    return float(epochs) * steps_per_epoch(row["n_train"], row["data.batch_size"])
 
 
 def analyse(runs: pd.DataFrame) -> dict:
     """Best LR and loss per batch size from one seed's sweep, steps to target and the critical batch, and the
     linear-rule outcomes."""
-    sweep = runs[runs["rule"] == "sweep"].copy()
+    sweep = runs.matching(rule="sweep").copy()
     sweep["loss"] = sweep.apply(_loss, axis=1)
     sweep["steps"] = sweep.apply(steps_from_epochs, axis=1)
     batches = sorted(sweep["data.batch_size"].unique())
@@ -91,10 +83,10 @@ def analyse(runs: pd.DataFrame) -> dict:
     steps = {int(b): float(fewest[b]) for b in batches}
     at_least = {b: s if math.isfinite(s) else budget[b] for b, s in steps.items()}
     reference = _error(best.loc[batches[0]])
-    critical = critical_batch(steps)
-    rule = runs[runs["rule"] == "linear_warmup"].copy()
-    base_lr = float(rule["cfg.optim.lr"].iloc[0]) if len(rule) else math.nan
-    base_batch = int(rule["cfg.optim.base_batch_size"].iloc[0]) if len(rule) else batches[0]
+    critical = critical_batch(steps)["b_crit"]  # inf: no floor over these batches
+    rule = runs.matching(rule="linear_warmup").copy()
+    base_lr = float(rule["optim.lr"].iloc[0]) if len(rule) else math.nan
+    base_batch = int(rule["optim.base_batch_size"].iloc[0]) if len(rule) else batches[0]
     warm = {int(r["data.batch_size"]): _error(r) for _, r in rule.iterrows()}
     cold = {}
     for b in batches:  # the rule without warm-up: the sweep run at lr = base_lr * b / base_batch, if on the grid
@@ -112,7 +104,7 @@ def analyse(runs: pd.DataFrame) -> dict:
         return ok
     return {"batches": [int(b) for b in batches], "best_lr": best_lr,
             "best_loss": {int(b): float(best.loc[b, "loss"]) for b in batches}, "reference": reference,
-            "steps": steps, "steps_at_least": at_least, "target": float(sweep["cfg.diagnostics.target_loss"].iloc[0]),
+            "steps": steps, "steps_at_least": at_least, "target": float(sweep["diagnostics.target_loss"].iloc[0]),
             "critical": critical, "warm": warm,
             "cold": cold, "warm_ok": matches_up_to(warm), "cold_ok": matches_up_to(cold), "base_lr": base_lr,
             "base_batch": base_batch}
@@ -121,7 +113,7 @@ def analyse(runs: pd.DataFrame) -> dict:
 def _budget(sweep: pd.DataFrame, b) -> float:
     """The step budget of batch b's runs (their epochs x steps per epoch)."""
     r = sweep[sweep["data.batch_size"] == b].iloc[0]
-    return float(r["cfg.trainer.max_epochs"]) * math.ceil(int(r["n_train"]) / int(b))
+    return float(r["trainer.max_epochs"]) * steps_per_epoch(r["n_train"], b)
 
 
 def doubling(a: dict, small: int, large: int) -> float:
@@ -139,7 +131,7 @@ class LrScaling(Recipe):
     title = "Large-batch linear learning-rate scaling with warm-up (Goyal et al. 2017), and where it breaks"
     papers = ["Goyal et al. 2017, Sec. 2 and Fig. 2", "McCandlish et al. 2018", "Shallue et al. 2019, JMLR"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
+    def measure(self, runs: Runs) -> list[Claim]:
         a = analyse(runs)
         crit, batches = a["critical"], a["batches"]
         upto = [b for b in batches if b <= crit]
@@ -189,7 +181,7 @@ class LrScaling(Recipe):
                   | cold_gap),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         seeds = sorted(runs["seed"].unique()) if "seed" in runs else [None]
         per_seed = [analyse(runs[runs["seed"] == s] if s is not None else runs) for s in seeds]
@@ -219,7 +211,7 @@ class LrScaling(Recipe):
         axes[1].set(xscale="log", yscale="log", xlabel="batch size (samples)",
                     ylabel=f"steps to training loss {a['target']:g}", title="Fewest steps to target vs batch size")
 
-        sweep = runs[runs["rule"] == "sweep"]
+        sweep = runs.matching(rule="sweep")
         grid = sweep.assign(loss=sweep.apply(_loss, axis=1))
         heat = grid.pivot_table(index="optim.lr", columns="data.batch_size", values="loss", aggfunc="median")
         status = grid.pivot_table(index="optim.lr", columns="data.batch_size", values="status", aggfunc="first")

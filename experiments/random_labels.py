@@ -25,7 +25,8 @@ import pandas as pd
 from experiments import RECIPES
 from framework.data import class_count
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history
+from framework.recipe import Recipe
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, below, within
 
 FITTED = 0.01         # training error below this: the training set is memorised
@@ -37,8 +38,8 @@ FACTOR = (1.0, 5.0)   # "a small constant factor": slower than true labels, at m
 
 def _label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs with clean inputs, one per label-noise level (true labels = 0)."""
-    sel = runs[runs["cfg.data.corruption"] == "none"].copy()
-    sel["label_noise"] = sel["cfg.data.label_noise"]
+    sel = runs[runs["data.corruption"] == "none"].copy()
+    sel["label_noise"] = sel["data.label_noise"]
     return sel.sort_values("label_noise")
 
 
@@ -73,14 +74,14 @@ class RandomLabels(Recipe):
     title = "Nets memorise random labels and random inputs (Zhang et al. 2017)"
     papers = ["Zhang et al. 2017, ICLR, Fig. 1"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
+    def measure(self, runs: Runs) -> list[Claim]:
         labels = _label_runs(runs)
-        n_classes = class_count(runs["cfg.data.name"].iloc[0], runs["cfg.data.n_classes"].iloc[0])
+        n_classes = class_count(runs["data.name"].iloc[0], runs["data.n_classes"].iloc[0])
         chance = 1 / n_classes
         full = labels[labels["label_noise"] == 1.0]
         true = labels[labels["label_noise"] == 0]
         full, true = (full.iloc[0] if len(full) else None), (true.iloc[0] if len(true) else None)
-        inputs = runs[runs["cfg.data.corruption"] != "none"]
+        inputs = runs[runs["data.corruption"] != "none"]
         random_inputs = [_one(runs, c) for c in ("random_pixels", "gaussian") if _one(runs, c) is not None]
 
         def error(row):
@@ -97,10 +98,10 @@ class RandomLabels(Recipe):
             Claim("The net drives training error to ~0 on random labels", "Zhang et al. 2017, Fig. 1a",
                   "training error after training, random labels", error(full), below(FITTED),
                   {"train_error": error(full), "fit_step": _steps(full)}),
-            Claim("It also fits corrupted inputs: " + ", ".join(inputs["cfg.data.corruption"]),
+            Claim("It also fits corrupted inputs: " + ", ".join(inputs["data.corruption"]),
                   "Zhang et al. 2017, Fig. 1a and Sec. 2", "largest training error over the corrupted inputs",
                   max((error(r) for _, r in inputs.iterrows()), default=math.nan), below(FITTED),
-                  {f"{r['cfg.data.corruption']}_train_error": error(r) for _, r in inputs.iterrows()}),
+                  {f"{r['data.corruption']}_train_error": error(r) for _, r in inputs.iterrows()}),
             Claim("Test accuracy at full label corruption and on random inputs is at chance",
                   "Zhang et al. 2017, Fig. 1c and Sec. 2", f"largest |test accuracy - {chance:.2f}|", deviation,
                   below(CHANCE_BAND), {f"{r['condition']}_test_acc": _num(r["test_acc"]) for r in chance_rows}),
@@ -121,10 +122,10 @@ class RandomLabels(Recipe):
                                      zip(labels["label_noise"], labels["test_error"])}),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        curves = history(runs, store, self.name)
+        curves = runs.curves()
         if not curves.empty and "train/loss_epoch" in curves:
             curves = curves.dropna(subset=["train/loss_epoch"])
             sns.lineplot(curves, x="step", y="train/loss_epoch", hue="condition", ax=axes[0])

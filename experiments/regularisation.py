@@ -27,12 +27,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history, pick
+from framework.recipe import Recipe
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, below, within
 
 SAME = 1e-5        # relative loss difference that float32 rounding leaves over 100 steps (measured: ~1e-7)
@@ -40,10 +40,10 @@ DIFFERENT = 1e-3   # a hundred times SAME: a difference no rounding explains
 RISE = math.log10(1.05)  # the final validation loss 5% above the minimum: past the noise of a 270-sample split
 
 
-def loss_path(store, experiment: str, row) -> pd.Series:
+def loss_path(runs: Runs, row) -> pd.Series:
     if row is None or row["status"] != "done":
         return pd.Series(dtype=float)
-    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    m = runs.curve(row)
     return m.dropna(subset=["train/loss"]).set_index("step")["train/loss"] if "train/loss" in m else pd.Series(
         dtype=float)
 
@@ -55,13 +55,13 @@ def max_relative_gap(a: pd.Series, b: pd.Series) -> float:
 
 def decay_of(row) -> float:
     """A grid run's decay coefficient: its L2 lambda (Adam + L2) or its decoupled lambda (AdamW)."""
-    return float(row["cfg.loss.l2"] if row["rule"] == "adam_l2" else row["cfg.optim.weight_decay"])
+    return float(row["loss.l2"] if row["rule"] == "adam_l2" else row["optim.weight_decay"])
 
 
 def best_decays(rows: pd.DataFrame) -> dict[str, float]:
     """Per learning rate, the decay with the lowest final validation loss (nan where a run is missing)."""
     out = {}
-    for lr, at_lr in rows.groupby("cfg.optim.lr"):
+    for lr, at_lr in rows.groupby("optim.lr"):
         done = at_lr[at_lr["status"] == "done"]
         out[f"{lr:g}"] = decay_of(done.loc[done["val_loss"].astype(float).idxmin()]) if len(done) == len(at_lr) \
             and len(done) else math.nan
@@ -73,12 +73,12 @@ def spread(best: dict[str, float]) -> float:
     return math.log10(max(values) / min(values)) if values and not any(map(math.isnan, values)) else math.nan
 
 
-def early_stopping(store, experiment: str, row) -> dict:
+def early_stopping(runs: Runs, row) -> dict:
     """From the probes' held-out curves: the validation loss's minimum and the test error there, against the end."""
     nan = {"val_rise": math.nan, "early_test_error": math.nan, "final_test_error": math.nan, "best_step": None}
     if row is None or row["status"] != "done":
         return nan
-    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    m = runs.curve(row)
     if "probe/val_loss" not in m:
         return nan
     p = m.dropna(subset=["probe/val_loss"]).reset_index(drop=True)
@@ -95,20 +95,20 @@ class Regularisation(Recipe):
     title = "Regularisation: L2 against weight decay, the lr x decay grid, early stopping and dropout"
     papers = ["Loshchilov & Hutter 2019", "Prechelt 1998", "Srivastava et al. 2014", "Arpit et al. 2017"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
-        traj = runs[runs["part"] == "trajectory"]
-        paths = {r["rule"]: loss_path(store, self.name, r) for _, r in traj.iterrows()}
+    def measure(self, runs: Runs) -> list[Claim]:
+        traj = runs.matching(part="trajectory")
+        paths = {r["rule"]: loss_path(runs, r) for _, r in traj.iterrows()}
         empty = pd.Series(dtype=float)
         sgd_gap = max_relative_gap(paths.get("sgd_l2", empty), paths.get("sgd_decay", empty))
         adam_gap = max_relative_gap(paths.get("adam_l2", empty), paths.get("adam_decoupled", empty))
 
-        grid = runs[runs["part"] == "grid"]
+        grid = runs.matching(part="grid")
         best = {rule: best_decays(grid[grid["rule"] == rule]) for rule in ("adam_l2", "adamw")}
         spreads = {rule: spread(b) for rule, b in best.items()}
 
-        noisy = runs[runs["part"] == "noisy"]
-        plain, dropped = pick(noisy, **{"model.dropout": 0.0}), pick(noisy, **{"model.dropout": 0.5})
-        stop = early_stopping(store, self.name, plain)
+        noisy = runs.matching(part="noisy")
+        plain, dropped = noisy.one(**{"model.dropout": 0.0}), noisy.one(**{"model.dropout": 0.5})
+        stop = early_stopping(runs, plain)
         finished = plain is not None and dropped is not None and plain["status"] == dropped["status"] == "done"
         raised = math.log10(float(dropped["train_loss"]) / float(plain["train_loss"])) if finished else math.nan
         gaps = {name: float(r["test_error"]) - float(r["train_error"]) if finished else math.nan
@@ -141,20 +141,20 @@ class Regularisation(Recipe):
                   gaps["plain"] - gaps["dropout"], above(0.0), gaps),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         fig, axes = plt.subplots(1, 4, figsize=(20, 4))
         grid = runs[(runs["part"] == "grid") & (runs["status"] == "done")].copy()
         if len(grid):
             grid["decay"] = [decay_of(r) for _, r in grid.iterrows()]
             for ax, rule in zip(axes[:2], ("adam_l2", "adamw")):
-                cells = grid[grid["rule"] == rule].groupby(["cfg.optim.lr", "decay"])["val_loss"].mean().unstack()
+                cells = grid[grid["rule"] == rule].groupby(["optim.lr", "decay"])["val_loss"].mean().unstack()
                 if not cells.empty:
                     sns.heatmap(cells, annot=True, fmt=".2f", cmap="viridis_r", ax=ax, cbar=False)
                     ax.set(title=f"{'Adam + L2' if rule == 'adam_l2' else 'AdamW (eta_t lambda)'}: validation loss "
                                  f"(seed mean)", xlabel="decay lambda", ylabel="learning rate")
-        noisy = runs[runs["part"] == "noisy"]
-        curves = history(noisy, store, self.name)
+        noisy = runs.matching(part="noisy")
+        curves = noisy.curves()
         if not curves.empty and "probe/val_loss" in curves:
             p = curves.dropna(subset=["probe/val_loss"]).copy()
             p["dropout"] = p["model.dropout"].astype(str)

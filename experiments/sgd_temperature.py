@@ -44,7 +44,8 @@ import pandas as pd
 from experiments import RECIPES
 from framework.optim import lr_factor
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history, pick, row_config
+from framework.recipe import Recipe
+from framework.results.runs import Runs, row_config
 from framework.verdict import Claim, above, within
 
 BURN_IN = 500          # steps before the stationary average (>= 20 relaxation times 1 / (2 eta) of eta 0.05)
@@ -91,9 +92,9 @@ def predicted_path(cfg, steps: int) -> np.ndarray:
     return out
 
 
-def excess(store, experiment: str, row) -> pd.Series:
+def excess(runs: Runs, row) -> pd.Series:
     """2 x (probe loss - 1/2 s^2): (beta - mean y)^2 at each probe step."""
-    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    m = runs.curve(row)
     if m.empty or "probe/loss" not in m:
         return pd.Series(dtype=float)
     s2, _ = target_spread(row_config(row))
@@ -101,11 +102,11 @@ def excess(store, experiment: str, row) -> pd.Series:
     return 2 * (probe - 0.5 * s2)
 
 
-def measured_ratio(store, experiment: str, row) -> tuple[float, float, float]:
+def measured_ratio(runs: Runs, row) -> tuple[float, float, float]:
     """(measured, predicted, measured / predicted) stationary variance of a constant-step run."""
     if row is None or row["status"] != "done":
         return math.nan, math.nan, math.nan
-    d = excess(store, experiment, row)
+    d = excess(runs, row)
     measured = float(d[d.index >= BURN_IN].mean()) if len(d) else math.nan
     predicted = predicted_variance(row_config(row))
     return measured, predicted, measured / predicted
@@ -114,11 +115,11 @@ def measured_ratio(store, experiment: str, row) -> tuple[float, float, float]:
 END_EPOCHS = 3  # a constant step's loss is a random draw from its stationary spread: its end is a mean over epochs
 
 
-def end_loss(store, experiment: str, row) -> float:
+def end_loss(runs: Runs, row) -> float:
     """Mean training loss (epoch means) over the last END_EPOCHS epochs; inf for a run that did not finish."""
     if row["status"] != "done":
         return math.inf
-    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+    m = runs.curve(row)
     epochs = m.dropna(subset=["train/loss_epoch"])["train/loss_epoch"] if "train/loss_epoch" in m else []
     return float(np.mean(epochs.iloc[-END_EPOCHS:])) if len(epochs) else math.nan
 
@@ -129,10 +130,10 @@ class SgdTemperature(Recipe):
     title = "SGD's temperature: stationary spread eta / B, its decay, momentum and batch-size equivalences"
     papers = ["Mandt, Hoffman & Blei 2017", "Smith & Le 2018", "Smith et al. 2018 (Don't decay the LR)"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
-        const = runs[runs["part"] == "constant"]
+    def measure(self, runs: Runs) -> list[Claim]:
+        const = runs.matching(part="constant")
         # each stationary run's probes are read once; the momentum and batch-size claims reuse them
-        spread = {r["run_id"]: measured_ratio(store, self.name, r)
+        spread = {r["run_id"]: measured_ratio(runs, r)
                   for _, r in runs[runs["part"].isin(["constant", "momentum"])].iterrows()}
 
         def spread_of(row) -> tuple[float, float, float]:
@@ -140,7 +141,7 @@ class SgdTemperature(Recipe):
         ratios = {}
         for _, r in const.iterrows():
             m, p, q = spread_of(r)
-            ratios[f"lr={r['cfg.optim.lr']:g},B={int(r['cfg.data.batch_size'])}"] = \
+            ratios[f"lr={r['optim.lr']:g},B={int(r['data.batch_size'])}"] = \
                 {"measured": m, "predicted": p, "ratio": q}
         # the arithmetic mean: each run's measured variance is an unbiased estimate, and a geometric mean of ratios
         # that spread by 10-15% per run sits about 1% low (E log r < log E r)
@@ -150,12 +151,12 @@ class SgdTemperature(Recipe):
         # claims 2 and 3 at each batch size the grid has them (each batch size its own draw of the noise): the mean
         # of the per-batch ratios
         decays, decay_numbers = [], {}
-        for _, inv in runs[runs["part"] == "inverse_time"].iterrows():
-            b = int(inv["cfg.data.batch_size"])
+        for _, inv in runs.matching(part="inverse_time").iterrows():
+            b = int(inv["data.batch_size"])
             if inv["status"] != "done":
                 decays.append(math.nan)
                 continue
-            d = excess(store, self.name, inv)
+            d = excess(runs, inv)
             steps = int(inv["steps"])
             path = predicted_path(row_config(inv), steps)
             late = d[d.index >= steps // 2]
@@ -169,9 +170,9 @@ class SgdTemperature(Recipe):
         decay = float(np.mean(decays)) if decays else math.nan
 
         momentum_ratios, momentum_numbers = [], {}
-        for _, mom in runs[runs["part"] == "momentum"].iterrows():
-            b = int(mom["cfg.data.batch_size"])
-            plain = pick(const, **{"cfg.data.batch_size": b, "cfg.optim.lr": 0.2})
+        for _, mom in runs.matching(part="momentum").iterrows():
+            b = int(mom["data.batch_size"])
+            plain = const.one(**{"data.batch_size": b, "optim.lr": 0.2})
             (m_mom, p_mom, _), (m_plain, p_plain, _) = spread_of(mom), spread_of(plain)
             momentum_ratios.append(m_mom / m_plain)
             momentum_numbers[f"B={b}"] = {"momentum": m_mom, "plain": m_plain, "closed_form_ratio": p_mom / p_plain}
@@ -180,14 +181,14 @@ class SgdTemperature(Recipe):
         pairs = [((0.2, 16), (0.05, 4)), ((0.2, 4), (0.05, 1))]
         pair_ratios = {}
         for (lr_a, b_a), (lr_b, b_b) in pairs:
-            a = spread_of(pick(const, **{"cfg.optim.lr": lr_a, "cfg.data.batch_size": b_a}))[0]
-            b = spread_of(pick(const, **{"cfg.optim.lr": lr_b, "cfg.data.batch_size": b_b}))[0]
+            a = spread_of(const.one(**{"optim.lr": lr_a, "data.batch_size": b_a}))[0]
+            b = spread_of(const.one(**{"optim.lr": lr_b, "data.batch_size": b_b}))[0]
             pair_ratios[f"(lr {lr_a:g}, B {b_a}) / (lr {lr_b:g}, B {b_b})"] = a / b
         known = [v for v in pair_ratios.values() if v > 0]
         batch_ratio = math.exp(np.mean(np.log(known))) if len(known) == len(pairs) else math.nan
 
-        sched = runs[runs["part"] == "schedules"]
-        loss = {r["schedule"]: end_loss(store, self.name, r) for _, r in sched.iterrows()}
+        sched = runs.matching(part="schedules")
+        loss = {r["schedule"]: end_loss(runs, r) for _, r in sched.iterrows()}
         final = {r["schedule"]: float(r["train_loss"]) for _, r in sched.iterrows()}
         gains = [math.log10(loss["constant"] / loss[k]) for k in ("cosine", "step") if k in loss and "constant" in loss
                  and loss[k] > 0]
@@ -214,14 +215,14 @@ class SgdTemperature(Recipe):
                   above(0.0), {"end_train_loss": loss, "final_train_loss": final}),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         rows = []
         for _, r in runs[runs["part"].isin(["constant", "momentum"])].iterrows():
-            m, p, _ = measured_ratio(store, self.name, r)
-            rows.append({"predicted": p, "measured": m, "batch": int(r["cfg.data.batch_size"]),
-                         "run": "momentum 0.9" if r["part"] == "momentum" else f"lr {r['cfg.optim.lr']:g}"})
+            m, p, _ = measured_ratio(runs, r)
+            rows.append({"predicted": p, "measured": m, "batch": int(r["data.batch_size"]),
+                         "run": "momentum 0.9" if r["part"] == "momentum" else f"lr {r['optim.lr']:g}"})
         table = pd.DataFrame(rows)
         if len(table):
             sns.scatterplot(table, x="predicted", y="measured", hue="run", style="batch", ax=axes[0])
@@ -229,11 +230,11 @@ class SgdTemperature(Recipe):
             axes[0].plot(lim, lim, "k--", lw=0.8)
             axes[0].set(xscale="log", yscale="log", xlabel="closed form Var(beta)", ylabel="measured Var(beta)",
                         title="Stationary spread of SGD (each seed a point)")
-        inv = runs[(runs["part"] == "inverse_time") & (runs["cfg.data.batch_size"] == 4)]
-        ref = runs[(runs["part"] == "constant") & (runs["cfg.data.batch_size"] == 4) & np.isclose(runs["cfg.optim.lr"], 0.5)]
+        inv = runs[(runs["part"] == "inverse_time") & (runs["data.batch_size"] == 4)]
+        ref = runs[(runs["part"] == "constant") & (runs["data.batch_size"] == 4) & np.isclose(runs["optim.lr"], 0.5)]
         for i, (label, part) in enumerate((("lr 0.5 b / (b + t)", inv), ("lr 0.5 constant", ref))):
             # a single draw of (beta - m)^2 spans decades: each run's rolling mean over 20 probes, seeds as a band
-            traces = pd.concat([excess(store, self.name, r).rolling(20, min_periods=20).mean().rename(r["seed"])
+            traces = pd.concat([excess(runs, r).rolling(20, min_periods=20).mean().rename(r["seed"])
                                 for _, r in part.iterrows()], axis=1) if len(part) else pd.DataFrame()
             if not traces.empty:
                 mid, lo, hi = traces.median(axis=1), traces.min(axis=1), traces.max(axis=1)
@@ -244,8 +245,8 @@ class SgdTemperature(Recipe):
         axes[1].set(yscale="log", xscale="log", xlabel="step", ylabel="Var(beta) (batch 4)",
                     title="Decaying vs constant step size (seed band)")
         axes[1].legend(fontsize=7)
-        sched = runs[runs["part"] == "schedules"]
-        curves = history(sched, store, self.name)
+        sched = runs.matching(part="schedules")
+        curves = sched.curves()
         if not curves.empty and "train/loss_epoch" in curves:
             ep = curves.dropna(subset=["train/loss_epoch"])
             sns.lineplot(ep, x="epoch", y="train/loss_epoch", hue="schedule", errorbar=("pi", 100), ax=axes[2])

@@ -24,7 +24,9 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, fewest_steps, history, loss_reduction
+from framework.recipe import Recipe
+from framework.results.measures import fewest_steps, loss_reduction
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, below, within
 
 CONVERGED = 1e-3      # a quadratic run converged: its final loss is below this fraction of its start
@@ -41,20 +43,20 @@ def _part(runs: pd.DataFrame, name: str) -> pd.DataFrame:
     return runs[runs["part"] == name] if "part" in runs else runs.iloc[:0]
 
 
-def _curve(store, experiment: str, row) -> pd.Series:
-    m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+def _curve(runs: Runs, row) -> pd.Series:
+    m = runs.curve(row)
     if m.empty or "train/loss" not in m:
         return pd.Series(dtype=float)
     return m.dropna(subset=["train/loss"]).set_index("step")["train/loss"]
 
 
-def window_steps(store, experiment: str, row) -> float:
+def window_steps(runs: Runs, row) -> float:
     """Steps from the loss at WINDOW[0] of its start to WINDOW[1] of it (inf: not within the budget; nan: the run
     did not finish)."""
     if row["status"] != "done":
         return math.nan
     start = float(row["initial_train_loss"])
-    curve = _curve(store, experiment, row)
+    curve = _curve(runs, row)
     # the loss logged at step t is measured before update t + 1, after t updates: the step is the update count
     curve = pd.concat([pd.Series({0: start}), curve[curve.index > 0]])
     return steps_to_tolerance(curve, WINDOW[1] * start) - steps_to_tolerance(curve, WINDOW[0] * start)
@@ -81,10 +83,10 @@ def converged(row) -> bool:
     return row["status"] == "done" and pd.notna(final) and final <= CONVERGED * start
 
 
-def sharpness_at_start(store, experiment: str, rows: pd.DataFrame) -> float:
+def sharpness_at_start(runs: Runs, rows: pd.DataFrame) -> float:
     values = []
     for _, row in rows.iterrows():
-        m = store.read_frame(experiment, row["run_id"], "metrics.csv")
+        m = runs.curve(row)
         if "probe/sharpness" in m:
             first = m.dropna(subset=["probe/sharpness"]).sort_values("step")
             if len(first):
@@ -92,10 +94,10 @@ def sharpness_at_start(store, experiment: str, rows: pd.DataFrame) -> float:
     return float(np.median(values)) if values else math.nan
 
 
-def bracket(runs: pd.DataFrame, store, experiment: str) -> dict:
-    part = _part(runs, "bracket").sort_values("cfg.optim.lr")
-    lam = sharpness_at_start(store, experiment, part)
-    ok = {float(r["cfg.optim.lr"]): converged(r) for _, r in part.iterrows()}
+def bracket(runs: Runs) -> dict:
+    part = _part(runs, "bracket").sort_values("optim.lr")
+    lam = sharpness_at_start(runs, part)
+    ok = {float(r["optim.lr"]): converged(r) for _, r in part.iterrows()}
     stable = [lr for lr, c in ok.items() if c]
     unstable = [lr for lr, c in ok.items() if not c]
     last, first = (max(stable) if stable else math.nan), (min(unstable) if unstable else math.nan)
@@ -106,9 +108,9 @@ def bracket(runs: pd.DataFrame, store, experiment: str) -> dict:
             "first_failing_lr": first, "position": position, "converged": {str(k): v for k, v in ok.items()}}
 
 
-def condition_slope(runs: pd.DataFrame, store, experiment: str, name: str) -> tuple[float, dict]:
+def condition_slope(runs: Runs, name: str) -> tuple[float, dict]:
     part = _part(runs, name)
-    steps = {float(r["cfg.data.condition"]): window_steps(store, experiment, r) for _, r in part.iterrows()}
+    steps = {float(r["data.condition"]): window_steps(runs, r) for _, r in part.iterrows()}
     kappas = sorted(steps)
     ys = [steps[k] for k in kappas]
     if len(kappas) < 2 or not all(math.isfinite(y) and y > 0 for y in ys):
@@ -123,11 +125,11 @@ class StepSize(Recipe):
     title = "Step size and curvature: the 2 / lambda_max bound, condition numbers, learning-rate extremes, input scaling"
     papers = ["LeCun et al. 1998, Efficient BackProp, Sec. 4.3 and 5", "Polyak 1964"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
-        b = bracket(runs, store, self.name)
-        gd, gd_steps = condition_slope(runs, store, self.name, "gd")
-        hb, hb_steps = condition_slope(runs, store, self.name, "heavy_ball")
-        mlp = _part(runs, "mlp").sort_values("cfg.optim.lr")
+    def measure(self, runs: Runs) -> list[Claim]:
+        b = bracket(runs)
+        gd, gd_steps = condition_slope(runs, "gd")
+        hb, hb_steps = condition_slope(runs, "heavy_ball")
+        mlp = _part(runs, "mlp").sort_values("optim.lr")
         small, large = (mlp.iloc[0], mlp.iloc[-1]) if len(mlp) else (None, None)
 
         def growth(row) -> float:
@@ -138,12 +140,12 @@ class StepSize(Recipe):
                 return math.inf
             return math.log10(final / start)
         scaling = _part(runs, "scaling")
-        raw = scaling[~scaling["cfg.data.standardise"].astype(bool)] if len(scaling) else scaling
-        std = scaling[scaling["cfg.data.standardise"].astype(bool)] if len(scaling) else scaling
+        raw = scaling[~scaling["data.standardise"].astype(bool)] if len(scaling) else scaling
+        std = scaling[scaling["data.standardise"].astype(bool)] if len(scaling) else scaling
         (raw_steps, raw_lr), (std_steps, std_lr) = fewest_steps(raw), fewest_steps(std)
         ratio = raw_steps / std_steps if math.isfinite(std_steps) and std_steps > 0 else math.nan
-        lr_edges = {"raw_lr_grid": sorted(raw["cfg.optim.lr"].astype(float)) if len(raw) else [],
-                    "standardised_lr_grid": sorted(std["cfg.optim.lr"].astype(float)) if len(std) else []}
+        lr_edges = {"raw_lr_grid": sorted(raw["optim.lr"].astype(float)) if len(raw) else [],
+                    "standardised_lr_grid": sorted(std["optim.lr"].astype(float)) if len(std) else []}
         return [
             Claim("Gradient descent on a quadratic converges iff the step size is below 2 / lambda_max",
                   "LeCun et al. 1998, Sec. 5.1 (eta_max = 2 / lambda_max)",
@@ -157,12 +159,12 @@ class StepSize(Recipe):
                   "Polyak 1964, Theorem 9", f"log-log slope of steps from {WINDOW[0]:g} to {WINDOW[1]:g} of the start loss vs kappa, heavy ball",
                   hb, within(*SLOPE_HB), hb_steps),
             Claim("On an MLP the smallest learning rate stalls", "LeCun et al. 1998, Sec. 5; the lecture notes",
-                  f"training loss reduction at lr {small['cfg.optim.lr'] if small is not None else '?'}",
+                  f"training loss reduction at lr {small['optim.lr'] if small is not None else '?'}",
                   loss_reduction(small), below(STALLED),
-                  {"lr": None if small is None else float(small["cfg.optim.lr"])}),
+                  {"lr": None if small is None else float(small["optim.lr"])}),
             Claim("On an MLP the largest learning rate diverges", "LeCun et al. 1998, Sec. 5; the lecture notes",
                   "log10 final / initial training loss at the largest lr (inf: not finite)", growth(large), above(0.0),
-                  {"lr": None if large is None else float(large["cfg.optim.lr"]),
+                  {"lr": None if large is None else float(large["optim.lr"]),
                    "status": None if large is None else large["status"]}),
             Claim("Badly scaled inputs slow SGD; standardising them restores the speed",
                   "LeCun et al. 1998, Sec. 4.3", "steps to target, inputs scaled x1..x100 / standardised "
@@ -171,11 +173,11 @@ class StepSize(Recipe):
                    "standardised_best_lr": std_lr} | lr_edges),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         fig, axes = plt.subplots(1, 4, figsize=(20, 4))
         quad = runs[runs["part"].isin(["gd", "heavy_ball"])]
-        curves = history(quad, store, self.name)
+        curves = quad.curves()
         if not curves.empty:
             curves = curves.dropna(subset=["train/loss"])
             start = quad.set_index("run_id")["initial_train_loss"]
@@ -190,24 +192,24 @@ class StepSize(Recipe):
         if len(bracket_runs):
             final = bracket_runs.assign(ratio=bracket_runs["train_loss"] / bracket_runs["initial_train_loss"])
             final["ratio"] = final["ratio"].where(np.isfinite(final["ratio"]), 1e30).clip(upper=1e30)
-            sns.lineplot(final, x="cfg.optim.lr", y="ratio", marker="o", errorbar=("pi", 100), ax=axes[1])
-            lam = np.nanmedian([bracket(bracket_runs[bracket_runs["seed"] == s], store, self.name)["lambda_max"]
+            sns.lineplot(final, x="optim.lr", y="ratio", marker="o", errorbar=("pi", 100), ax=axes[1])
+            lam = np.nanmedian([bracket(bracket_runs[bracket_runs["seed"] == s])["lambda_max"]
                                 for s in bracket_runs["seed"].unique()])
             axes[1].axvline(2 / lam, c="red", ls="--", label="2 / lambda_max (measured)")
             axes[1].set(yscale="log", xlabel="step size", ylabel="final / initial loss",
                         title="Stability bound on a quadratic (kappa 10)")
             axes[1].legend(fontsize=7)
         scaling = _part(runs, "scaling")
-        probes = history(scaling, store, self.name)
+        probes = scaling.curves()
         if not probes.empty and "probe/loss" in probes:
             probes = probes.dropna(subset=["probe/loss"])
             best = {}
-            for std, rows in scaling.groupby(scaling["cfg.data.standardise"].astype(bool)):
-                by_lr = rows.groupby("cfg.optim.lr")["steps_to_target"].median()
-                best[std] = by_lr.idxmin() if by_lr.notna().any() else rows["cfg.optim.lr"].iloc[0]
+            for std, rows in scaling.groupby(scaling["data.standardise"].astype(bool)):
+                by_lr = rows.groupby("optim.lr")["steps_to_target"].median()
+                best[std] = by_lr.idxmin() if by_lr.notna().any() else rows["optim.lr"].iloc[0]
             keep = probes[probes.apply(lambda r: r["inputs"] is not None and
-                                       float(scaling.set_index("run_id").loc[r["run_id"], "cfg.optim.lr"])
-                                       == best[bool(scaling.set_index("run_id").loc[r["run_id"], "cfg.data.standardise"])],
+                                       float(scaling.set_index("run_id").loc[r["run_id"], "optim.lr"])
+                                       == best[bool(scaling.set_index("run_id").loc[r["run_id"], "data.standardise"])],
                                        axis=1)]
             keep = keep.assign(inputs=keep["inputs"].str.split("_lr").str[0])
             sns.lineplot(keep, x="step", y="probe/loss", hue="inputs", errorbar=("pi", 100), ax=axes[2])
@@ -217,7 +219,7 @@ class StepSize(Recipe):
         if len(mlp):
             ratio = (mlp["train_loss"] / mlp["initial_train_loss"]).where(mlp["status"] == "done", np.inf)
             shown = mlp.assign(ratio=ratio.replace(np.inf, 1e3).clip(upper=1e3))
-            sns.lineplot(shown, x="cfg.optim.lr", y="ratio", marker="o", errorbar=("pi", 100), ax=axes[3])
+            sns.lineplot(shown, x="optim.lr", y="ratio", marker="o", errorbar=("pi", 100), ax=axes[3])
             axes[3].axhline(1 - STALLED, c="grey", ls=":", label="stalled (loss fell < 10%)")
             axes[3].axhline(1, c="red", ls=":", label="start")
             axes[3].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final / initial loss (diverged: 1e3)",

@@ -32,7 +32,9 @@ import pandas as pd
 
 from experiments import RECIPES
 from framework.plots import save, sns_setup
-from framework.recipe import Recipe, history, loss_reduction, pick
+from framework.recipe import Recipe
+from framework.results.measures import last_epoch_loss, loss_reduction
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, below, within
 
 VANISHED = -2.0      # log10 first/last back-propagated gradient ratio below this: "orders of magnitude"
@@ -62,7 +64,7 @@ def _numbers(row, *keys) -> dict:
 KEYS = ("backprop_ratio_at_init", "act_var_ratio_at_init", "initial_train_loss", "train_loss", "train_acc")
 
 
-def training_mode_reduction(row, store, experiment: str) -> float:
+def training_mode_reduction(runs: Runs, row) -> float:
     """1 - last epoch's mean training loss (training mode) / initial training loss: for the batch-norm net, whose
     train_loss (eval mode) runs on running statistics. Runs stored before the summary recorded it are read from
     their metrics.csv."""
@@ -70,8 +72,7 @@ def training_mode_reduction(row, store, experiment: str) -> float:
         return math.nan
     last = row.get("train_loss_last_epoch")
     if last is None or pd.isna(last):
-        from framework.runner import last_epoch_loss
-        last = last_epoch_loss(store.read_frame(experiment, row["run_id"], "metrics.csv"))
+        last = last_epoch_loss(runs.curve(row))
     return loss_reduction(row, final=last)
 
 
@@ -82,7 +83,7 @@ class VanishingGradients(Recipe):
     papers = ["Bengio et al. 1994", "Glorot & Bengio 2010", "He et al. 2015", "He et al. 2016",
               "Ioffe & Szegedy 2015"]
 
-    def measure(self, runs: pd.DataFrame, store) -> list[Claim]:
+    def measure(self, runs: Runs) -> list[Claim]:
         sigmoid = runs[runs["model.activation"] == "sigmoid"]
         depths = sorted(sigmoid["model.depth"].unique())
         deep, shallow = depths[-1], depths[0]
@@ -90,7 +91,7 @@ class VanishingGradients(Recipe):
         relu_depth = int(relu["model.depth"].max()) if len(relu) else None
 
         def at(depth, act, arch):
-            return pick(runs, **{"model.depth": depth, "model.activation": act, "arch": arch})
+            return runs.one(**{"model.depth": depth, "model.activation": act, "arch": arch})
         plain, small = at(deep, "sigmoid", "plain"), at(shallow, "sigmoid", "plain")
         res, bn = at(deep, "sigmoid", "residual"), at(deep, "sigmoid", "batch_norm")
         xavier, he = at(relu_depth, "relu", "xavier"), at(relu_depth, "relu", "he_init")
@@ -112,7 +113,7 @@ class VanishingGradients(Recipe):
             trains(res, f"A residual {deep}-layer sigmoid net trains", "He et al. 2016, Fig. 1 and Sec. 3.1"),
             Claim(f"A batch-norm {deep}-layer sigmoid net trains", "Ioffe & Szegedy 2015, Sec. 3.3",
                   "training loss reduction (the last epoch's mean, in training mode)",
-                  training_mode_reduction(bn, store, self.name), above(TRAINS),
+                  training_mode_reduction(runs, bn), above(TRAINS),
                   _numbers(bn, *KEYS, "train_loss_last_epoch")),
             Claim(f"In a {relu_depth}-layer ReLU net He init keeps the back-propagated gradient's scale over depth",
                   "He et al. 2015, Sec. 2.2 (Eq. 14)", "log10 ||dL/da_first|| / ||dL/da_last|| at init, He init",
@@ -123,10 +124,10 @@ class VanishingGradients(Recipe):
                   below(VANISHED), pair),
         ]
 
-    def figures(self, runs: pd.DataFrame, store, outdir: Path) -> list[Path]:
+    def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         paths = []
-        curves = history(runs, store, self.name)
+        curves = runs.curves()
         if not curves.empty and "train/loss" in curves:
             curves = curves.dropna(subset=["train/loss"])
             grid = sns.relplot(curves, x="step", y="train/loss", hue="arch", col="model.activation",
@@ -136,7 +137,7 @@ class VanishingGradients(Recipe):
             grid.figure.suptitle("Training curves", y=1.02)
             paths += save(grid.figure, outdir / "training_curves")
 
-        diag = history(runs, store, self.name, "diagnostics.csv")
+        diag = runs.curves("diagnostics.csv")
         if not diag.empty:
             # float32 gradients below ~1e-38 underflow to 0; draw them at the floor so the line stays visible
             floor = 1e-30

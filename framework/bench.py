@@ -19,12 +19,15 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from framework.config import RunConfig, apply
+from framework.config import RunConfig
+
+from framework.overrides import apply
 from framework.data import Splits, TensorDataModule
 from framework.diagnostics import Diagnostics
 from framework.losses import LOSSES
 from framework.module import build_module
-from framework.optim import OPTIMIZERS, effective_lr, lr_factor
+from framework.optim_build import build_optimizer
+from framework.results.measures import steps_per_epoch
 from framework.preemption import Preemption
 
 
@@ -129,9 +132,8 @@ def plain_rate(cfg: RunConfig, splits: Splits, steps: int, warmup: int, device: 
     forward = torch.compile(net) if cfg.trainer.compile else net
     loss_fn = LOSSES.get(cfg.loss.name)(splits.n_classes)
     bs = cfg.data.batch_size
-    optimizer = OPTIMIZERS.get(cfg.optim.name)(net.parameters(), cfg.optim, effective_lr(cfg.optim, bs))
-    per_epoch = -(-len(splits.x_train) // bs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, warmup + steps, per_epoch))
+    timed = apply(cfg, {"trainer.max_steps": warmup + steps})  # the schedule spans the warm-up and timed steps
+    optimizer, schedule = build_optimizer(net.parameters(), [timed], steps_per_epoch(len(splits.x_train), bs))
     x, y = splits.x_train.to(device), splits.y_train.to(device)
     autocast = cfg.trainer.precision.startswith("bf16")
     step, start = 0, None
@@ -312,7 +314,7 @@ def raw_fused_rate(cfgs: list[RunConfig], steps: int, warmup: int) -> float:
     the loss summed over members, SGD with momentum and per-member learning rates written out; no Lightning, no
     logging, no diagnostics."""
     from framework.data import build_splits
-    from framework.fused import fuse_nets
+    from framework.fused_layers import fuse_nets
     cfg = cfgs[0]
     device = "cuda" if cfg.trainer.accelerator == "gpu" else "cpu"
     splits = build_splits(cfg.data)

@@ -143,7 +143,7 @@ def run(
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
     from framework.preemption import SIGNALS, Stop
-    from framework.recipe import run_suite
+    from framework.suite import run_suite
     from framework.store import RunStore, StoreFull, disk_full
     _confirm(yes)
     try:
@@ -211,7 +211,8 @@ def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, sca
     import time
     from framework.workers import read_verdict, run_side_by_side
     started = time.time()
-    codes, stop = run_side_by_side(names, child, reports_dir / "logs", workers, console)
+    codes, stop = run_side_by_side(names, child, reports_dir / "logs", workers, console,
+                                   lambda args: app(args=args, prog_name="repro"))
     recipes = _recipes()
     verdicts = []
     for name in names:
@@ -411,7 +412,7 @@ def bench(
 ):
     """Samples/s of the framework's training step against a plain PyTorch loop (same model, data, batch, process)."""
     from framework import bench as benchmark
-    from framework.config import parse_overrides
+    from framework.overrides import parse_overrides
     try:
         if size not in benchmark.SIZES:
             raise UserError(f"--size: choose one of {', '.join(benchmark.SIZES)}, got {size!r}")

@@ -18,7 +18,9 @@ from string import Template
 
 import yaml
 
-from framework.config import config_hash, from_dict, to_dict
+from framework.config import config_hash, to_dict
+
+from framework.overrides import from_dict
 from framework.registry import UserError, suggest
 from framework.store import RunStore, atomic_write, describe_owner
 
@@ -153,7 +155,7 @@ def work(manifest_path: Path, task: int) -> int:
     from framework.preemption import SIGNALS, Stop
     from framework.registry import UserError
     from framework.planner import plan_suite
-    from framework.recipe import Run
+    from framework.grid import Run
     from framework.runner import train_group
     from framework.store import RunBusy
     manifest = json.loads(Path(manifest_path).read_text())

@@ -18,257 +18,10 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from framework.data import TensorBatches, rank_and_world
-from framework.fused_optim import MemberOptimizer
 from framework.losses import LOSSES
-from framework.optim import effective_lr, lr_factor
-from framework.registry import UserError
-
-
-class FusedLinear(nn.Module):
-    def __init__(self, layers: list[nn.Linear]):
-        super().__init__()
-        self.k = len(layers)
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))  # (K, out, in)
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers])) if layers[0].bias is not None \
-            else None
-
-    def forward(self, x):
-        # computed feature-major, W @ h^T per member, and returned as a (K, B, out) view of the (K, out, B) result:
-        # on one CPU thread the weight gradient of h @ W^T runs as a batched matrix-vector product that takes 8x
-        # longer for one output (the Wilson construction's 3003 -> 1 layer: 28 ms against 3.2 ms a step), and
-        # copying each layer's output back to member-stacked rows cost a 16 x 50-layer width-10 MLP a third of
-        # its step (14 ms against 9 ms forward and backward). Input: (K * B, in) rows or (K, B, in) stacked (the
-        # output of a fused layer before it); the fused net's output is made rows again (fuse_nets).
-        ht = x.transpose(1, 2) if x.dim() == 3 else x.reshape(self.k, -1, x.shape[-1]).transpose(1, 2)
-        out = torch.bmm(self.weight, ht) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(2), self.weight, ht)
-        return out.transpose(1, 2)
-
-
-def _to_channels(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(K * B, C, ...) member-stacked rows -> (B, K * C, ...) member-stacked channels."""
-    b = x.shape[0] // k
-    return x.reshape(k, b, *x.shape[1:]).transpose(0, 1).reshape(b, k * x.shape[1], *x.shape[2:])
-
-
-def _to_rows(x: torch.Tensor, k: int) -> torch.Tensor:
-    b, c = x.shape[0], x.shape[1] // k
-    return x.reshape(b, k, c, *x.shape[2:]).transpose(0, 1).reshape(k * b, c, *x.shape[2:])
-
-
-class FusedConv2d(nn.Module):
-    def __init__(self, layers: list[nn.Conv2d]):
-        super().__init__()
-        m = layers[0]
-        self.k, self.stride, self.padding, self.dilation, self.groups = len(layers), m.stride, m.padding, \
-            m.dilation, m.groups
-        self.weight = nn.Parameter(torch.stack([c.weight.detach() for c in layers]))  # (K, out, in/groups, kh, kw)
-        self.bias = nn.Parameter(torch.stack([c.bias.detach() for c in layers])) if m.bias is not None else None
-
-    def forward(self, x):
-        w = self.weight.reshape(-1, *self.weight.shape[2:])
-        out = F.conv2d(_to_channels(x, self.k), w, None if self.bias is None else self.bias.reshape(-1),
-                       self.stride, self.padding, self.dilation, self.groups * self.k)
-        return _to_rows(out, self.k)
-
-
-class FusedBatchNorm(nn.Module):
-    """Batch norm over K x C channels; `active` (K,) keeps a frozen member's running statistics as they are."""
-
-    def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm]):
-        super().__init__()
-        m = layers[0]
-        if m.momentum is None or not m.track_running_stats or not m.affine:
-            raise UserError("fusion: batch norm without momentum, running statistics or affine parameters")
-        self.k, self.eps, self.momentum = len(layers), m.eps, m.momentum
-        self.weight = nn.Parameter(torch.stack([b.weight.detach() for b in layers]))
-        self.bias = nn.Parameter(torch.stack([b.bias.detach() for b in layers]))
-        self.register_buffer("running_mean", torch.stack([b.running_mean for b in layers]))
-        self.register_buffer("running_var", torch.stack([b.running_var for b in layers]))
-        self.register_buffer("num_batches_tracked", torch.stack([b.num_batches_tracked for b in layers]))
-        self.register_buffer("active", torch.ones(self.k, dtype=torch.bool))
-
-    def forward(self, x):
-        frozen = self.training and not bool(self.active.all())
-        # with a frozen member, the norm updates copies, and only the active members' entries are kept (the
-        # buffers themselves must not change in place while autograd holds them)
-        mean, var = (self.running_mean.clone(), self.running_var.clone()) if frozen else \
-            (self.running_mean, self.running_var)
-        # a fused linear layer's (K, B, C) output goes in as (B, K x C), the layout of its lone runs' (B, C): the
-        # norm over (1, K x C, B), with no copy, rounds differently, and a 50-layer batch-norm net is chaotic
-        # enough to carry that to a 10% different loss reduction at smoke scale
-        stacked = x.dim() == 3
-        h = x.transpose(0, 1).reshape(x.shape[1], -1) if stacked else _to_channels(x, self.k)
-        out = F.batch_norm(h, mean.view(-1), var.view(-1), self.weight.reshape(-1),
-                           self.bias.reshape(-1), self.training, self.momentum, self.eps)
-        if self.training:
-            self.num_batches_tracked.add_(self.active.long())
-            if frozen:
-                keep = self.active[:, None]
-                self.running_mean.copy_(torch.where(keep, mean, self.running_mean))
-                self.running_var.copy_(torch.where(keep, var, self.running_var))
-        return out.view(x.shape[1], self.k, -1).transpose(0, 1) if stacked else _to_rows(out, self.k)
-
-
-class FusedDropout(nn.Module):
-    """Each member's own rate and mask. On the CPU each member draws its mask from its own generator, started
-    where its lone run's global generator stands when training starts (`generators`, shared by all of a member's
-    dropout layers, which draw in the lone run's order), with the op nn.Dropout uses (bernoulli_ of 1 - p): the
-    masks, and so the run, are its lone run's bit for bit. Elsewhere (CUDA's dropout is a fused kernel with its
-    own stream) the masks are drawn together: each member's are as random, not its lone run's."""
-
-    def __init__(self, layers: list[nn.Dropout]):
-        super().__init__()
-        self.k = len(layers)
-        self.register_buffer("p", torch.tensor([m.p for m in layers]), persistent=False)
-        self.generators: list[torch.Generator] | None = None  # each member's, shared by its layers: FusedModule's
-
-    def forward(self, x):
-        if not self.training:
-            return x
-        stacked = x.dim() == 3  # (K, B, F), a fused linear layer's output; else (K * B, ...) rows
-        rows = x if stacked else x.reshape(self.k, -1, *x.shape[1:])
-        if self.generators is None or x.device.type != "cpu":
-            p = self.p.view(-1, *([1] * (rows.dim() - 1)))
-            return (rows * (torch.rand_like(rows) >= p) / (1 - p)).reshape(x.shape)
-        out = []
-        for i, (p, g) in enumerate(zip(self.p.tolist(), self.generators)):
-            if p == 1:
-                out.append(torch.zeros(rows[i].shape, dtype=x.dtype))
-            else:  # torch's dropout on the CPU: input * (bernoulli(1 - p) / (1 - p)), drawn in the lone run's
-                # row-major order whatever the layout of this member's slice
-                mask = torch.empty(rows[i].shape, dtype=x.dtype).bernoulli_(1 - p, generator=g).div_(1 - p)
-                out.append(rows[i] * mask)
-        return torch.stack(out) if stacked else torch.cat(out)
-
-
-FUSED_LAYERS = {nn.Linear: FusedLinear, nn.Conv2d: FusedConv2d, nn.BatchNorm1d: FusedBatchNorm,
-                nn.BatchNorm2d: FusedBatchNorm, nn.Dropout: FusedDropout}
-
-
-def structure(net: nn.Module) -> tuple:
-    """What must be equal for nets to fuse: every submodule's name and type, and every parameter's shape."""
-    return (tuple((name, type(m).__name__) for name, m in net.named_modules()),
-            tuple((name, tuple(p.shape)) for name, p in net.named_parameters()))
-
-
-def fuse_nets(nets: list[nn.Module]) -> nn.Module:
-    """One net over K members (see the module docstring); the members' values are copied, not shared."""
-    import copy
-    if len({structure(n) for n in nets}) > 1:
-        raise ValueError("fusion: the members' nets differ in structure")
-    fused = copy.deepcopy(nets[0])
-    members = [dict(n.named_modules()) for n in nets]
-    for name, module in list(fused.named_modules()):
-        kind = FUSED_LAYERS.get(type(module))
-        if kind is None:
-            if any(True for _ in module.parameters(recurse=False)):
-                raise UserError(f"fusion: no batched version of {type(module).__name__}; run with --fuse off")
-            continue
-        new = kind([m[name] for m in members])
-        parent, _, leaf = name.rpartition(".")
-        setattr(fused.get_submodule(parent) if parent else fused, leaf, new)
-    fused.register_forward_hook(_rows_out)
-    return fused
-
-
-def _rows_out(module, inputs, out):
-    """The fused net's output as (K * B, ...) rows, as the loss and metrics take it: a net ending in a linear layer
-    ends (K, B, out) stacked (FusedLinear)."""
-    return out.reshape(-1, out.shape[-1]) if out.dim() == 3 else out
-
-
-def member_state(fused: nn.Module, k: int) -> dict[str, torch.Tensor]:
-    """Member k's entries of the fused net's state, under an unfused net's names (for load_state_dict)."""
-    state = {}
-    for name, t in fused.state_dict().items():
-        if name.endswith(".active"):  # the group's bookkeeping, not a net's state
-            continue
-        state[name] = t[k].clone()
-    return state
-
-
-class FusedBatches:
-    """The members' training (or validation) batches side by side: K loaders of one length and batch size, each
-    with its own seed (data order) and tensors (labels, inputs), concatenated into K * B rows."""
-
-    def __init__(self, loaders: list[TensorBatches]):
-        shapes = {(len(loader), loader.batch_size) for loader in loaders}
-        if len(shapes) > 1:  # the planner fuses only runs whose splits have equal sizes; never pad or cut silently
-            raise ValueError(f"fused members' loaders differ in (batches, batch size): {sorted(shapes)}")
-        self.loaders = loaders
-        self.sampler, self.batch_sampler = self, None
-        # members with the same tensors (each builds its own copy of one split) are gathered once, by their
-        # indices side by side: 32 gathers and two concatenations a step of 16 members cost about a millisecond
-        first = loaders[0]
-        self.shared_x = all(_same(b.x, first.x) and not (b.crop or b.flip) for b in loaders)
-        self.shared_y = all(_same(b.y, first.y) for b in loaders)
-
-    def set_epoch(self, epoch: int) -> None:
-        for loader in self.loaders:
-            loader.set_epoch(epoch)
-
-    @property
-    def batches_done(self) -> int:
-        return self.loaders[0].batches_done
-
-    @batches_done.setter
-    def batches_done(self, value: int) -> None:
-        for loader in self.loaders:
-            loader.batches_done = value
-
-    def __len__(self) -> int:
-        return len(self.loaders[0])
-
-    def state_dict(self) -> dict:
-        return self.loaders[0].state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        for loader in self.loaders:
-            loader.load_state_dict(state)
-
-    def __iter__(self):
-        first, shared_x, shared_y = self.loaders[0], self.shared_x, self.shared_y
-        if shared_x and shared_y:  # one gather of the members' index rows side by side
-            plans = [b.epoch_plan() for b in self.loaders]
-            orders, start = torch.stack([p[0] for p in plans]), plans[0][3]
-            rank, world = rank_and_world()
-            for at in range(start, len(first.x), first.batch_size):
-                idx = orders[:, at:at + first.batch_size][:, rank::world].reshape(-1)
-                yield first.x.index_select(0, idx), first.y.index_select(0, idx)
-            return
-        for parts in zip(*(b.indices() for b in self.loaders)):
-            idx = torch.cat([i for i, _ in parts]) if shared_x or shared_y else None
-            taken = None if shared_x and shared_y else [b.take(i, a) for b, (i, a) in zip(self.loaders, parts)]
-            yield (first.x.index_select(0, idx) if shared_x else torch.cat([x for x, _ in taken]),
-                   first.y.index_select(0, idx) if shared_y else torch.cat([y for _, y in taken]))
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
-
-
-class FusedDataModule(pl.LightningDataModule):
-    """The members' TensorDataModules, their batches fused."""
-
-    def __init__(self, members: list[pl.LightningDataModule]):
-        super().__init__()
-        self.members = members
-
-    def _attach(self):
-        for m in self.members:
-            m.trainer = self.trainer
-
-    def train_dataloader(self):
-        self._attach()
-        return FusedBatches([m.train_dataloader() for m in self.members])
-
-    def val_dataloader(self):
-        self._attach()
-        return FusedBatches([m.val_dataloader() for m in self.members])
+from framework.optim_build import build_optimizer, schedules
+from framework.fused_layers import FusedBatchNorm, FusedDropout, fuse_nets, member_state
 
 
 class Member:
@@ -307,8 +60,7 @@ class FusedModule(pl.LightningModule):
         self.register_buffer("sums", torch.zeros(self.k, 4))
         self._val = torch.zeros(self.k, 3)
         self._stop_after_step: set[int] = set()
-        self._factors = [lr_factor(c.schedule, self._total_steps(c), self.steps_per_epoch) for c in self.cfgs]
-        self._peak = [effective_lr(c.optim, c.data.batch_size) for c in self.cfgs]
+        self._peak, self._factors = schedules(self.cfgs, self.steps_per_epoch)
         self._clip = torch.tensor([c.trainer.gradient_clip for c in self.cfgs])
         self._any_clip = bool((self._clip > 0).any())
         self._l2 = torch.tensor([c.loss.l2 for c in self.cfgs]) if any(c.loss.l2 for c in self.cfgs) else None
@@ -324,9 +76,6 @@ class FusedModule(pl.LightningModule):
         if getattr(self, "_params_cache", None) is None:
             self._params_cache = list(self.net.parameters())
         return self._params_cache
-
-    def _total_steps(self, c) -> int:
-        return c.trainer.max_steps if c.trainer.max_steps > 0 else self.steps_per_epoch * c.trainer.max_epochs
 
     @property
     def active(self) -> list[int]:
@@ -474,12 +223,7 @@ class FusedModule(pl.LightningModule):
                     logger.log_metrics(metrics, step=self.global_step - 1)
 
     def configure_optimizers(self):
-        c = [cfg.optim for cfg in self.cfgs]
-        names = {o.name for o in c}
-        if len(names) > 1:
-            raise ValueError(f"fusion: one optimizer a group, got {sorted(names)}")
-        hparams = {k: [getattr(o, k) for o in c] for k in ("momentum", "weight_decay", "beta1", "beta2", "eps")}
-        return MemberOptimizer(self.parameters(), c[0].name, hparams, self._peak)
+        return build_optimizer(self.parameters(), self.cfgs, self.steps_per_epoch)[0]
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["members"] = [m.state() for m in self.members]

@@ -1,4 +1,5 @@
-"""Model, activation and initialisation registries."""
+"""Model, activation and initialisation registries, and the MLPs (framework/convnets.py registers the conv nets;
+framework/nets.py builds any of them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from framework.fused_layers import FusedConv2d, FusedLinear
 from framework.registry import Registry
 
 
@@ -132,19 +134,8 @@ def build_linear(cfg, in_shape: tuple[int, ...], n_out: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(_n_in(in_shape), n_out, bias=False))
 
 
-def build_model(cfg, in_shape: tuple[int, ...], n_out: int) -> nn.Module:
-    """cfg: ModelConfig; in_shape: one sample's shape. Builds the named model and applies the named
-    initialisation to every weight layer."""
-    model = MODELS.get(cfg.name, "model.name")(cfg, tuple(in_shape), n_out)
-    init = INITS.get(cfg.init, "model.init")
-    for layer in linear_layers(model):
-        init(layer, cfg)
-    return model
-
-
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
     """Weight layers from input to output: the depth axis of the gradient-norm matrix."""
-    from framework.fused import FusedConv2d, FusedLinear  # a fused group's stacked layers (framework/fused.py)
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, FusedLinear, FusedConv2d))]
 
 
@@ -152,5 +143,3 @@ def activation_modules(model: nn.Module) -> list[tuple[nn.Module, Activation]]:
     """(module, its Activation) for every block that names one (MLP and conv blocks)."""
     return [(b.act, b.activation) for b in model.modules() if isinstance(getattr(b, "activation", None), Activation)]
 
-
-from framework import convnets  # noqa: E402,F401  (registers the conv nets in MODELS)

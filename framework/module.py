@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 
 import pytorch_lightning as pl
@@ -13,8 +12,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from framework.config import ModelConfig, RunConfig
 from framework.losses import LOSSES
-from framework.models import build_model
-from framework.optim import OPTIMIZERS, effective_lr, lr_factor
+from framework.nets import build_model
+from framework.optim_build import build_optimizer
+from framework.results.measures import steps_per_epoch
 from framework.registry import UserError
 
 
@@ -116,14 +116,7 @@ class ReproModule(pl.LightningModule):
             self.log("val/acc", self.val_acc, on_epoch=True)
 
     def configure_optimizers(self):
-        c = self.cfg
-        lr = effective_lr(c.optim, c.data.batch_size)
-        optimizer = OPTIMIZERS.get(c.optim.name, "optim.name")(self.parameters(), c.optim, lr)
-        # Counted here, not with trainer.estimated_stepping_batches: that sets up the training data before a
-        # checkpoint is restored, and the resumed loader would then never get its saved position back.
-        per_epoch = self.steps_per_epoch
-        total = c.trainer.max_steps if c.trainer.max_steps > 0 else per_epoch * c.trainer.max_epochs
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(c.schedule, total, per_epoch))
+        optimizer, schedule = build_optimizer(self.parameters(), [self.cfg], self.steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @torch.no_grad()
@@ -191,5 +184,5 @@ def build_module(cfg: RunConfig, splits=None) -> ReproModule:
     if splits is None:
         from framework.data import build_splits
         splits = build_splits(cfg.data)
-    steps_per_epoch = max(1, math.ceil(len(splits.x_train) / cfg.data.batch_size))
-    return ReproModule(cfg, splits.in_shape, splits.n_outputs, splits.n_classes, splits.signed, steps_per_epoch)
+    per_epoch = steps_per_epoch(len(splits.x_train), cfg.data.batch_size)
+    return ReproModule(cfg, splits.in_shape, splits.n_outputs, splits.n_classes, splits.signed, per_epoch)

@@ -1,6 +1,6 @@
 """Reports: a suite's runs as DataFrames (from the run store or from W&B), its figures, and HTML pages.
 
-`summary`: one row per run, its config flattened into `cfg.*` columns and its final numbers. `history`: one
+`summary`: one row per run (a framework.results.Runs view: its config keys by their dotted names, its final numbers). `history`: one
 row per run x logged step. Both are saved as CSV beside the figures. The HTML pages embed every figure as a
 data URI, so they open from disk with no server and no network.
 """
@@ -16,7 +16,9 @@ from urllib.parse import quote
 import pandas as pd
 
 from framework.config import flatten
-from framework.recipe import Recipe, claims_or_error, runs_frame
+from framework.recipe import Recipe
+from framework.suite import claims_or_error
+from framework.results.runs import Runs, runs_frame
 from framework.registry import UserError
 from framework.store import RunStore, atomic_write, strict_json
 from framework.tracking import code_version
@@ -27,8 +29,7 @@ def local_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seed
                  seed_base=0) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs = recipe.runs(scale, list(overrides), seeds, seed_base)
     summary = runs_frame(runs, store)
-    from framework.recipe import history
-    return summary, history(summary, store, recipe.name)
+    return summary, summary.curves()
 
 
 def wandb_history(run: dict) -> pd.DataFrame:
@@ -50,7 +51,7 @@ def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seed
     from framework.tracking import wandb_mode
     runs = recipe.runs(scale, list(overrides), seeds, seed_base)
     if runs and wandb_mode(runs[0].cfg) == "online":
-        return _api_frames(recipe, runs, project or runs[0].cfg.tracking.project, runs[0].cfg.tracking.entity)
+        return _api_frames(recipe, runs, project or runs[0].cfg.tracking.project, runs[0].cfg.tracking.entity, store)
     summary_rows, histories = [], []
     for run in runs:
         folders = offline_runs(store.run_dir(recipe.name, run.run_id))
@@ -62,7 +63,7 @@ def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seed
         for r in records:
             final.update(r["summary"])
         summary_rows.append({"run_id": run.run_id, "variant": config.get("variant"), **run.axes,
-                             **{f"cfg.{k}": v for k, v in flatten({k: config[k] for k in config
+                             **{k: v for k, v in flatten({k: config[k] for k in config
                                                                    if not k.startswith("_") and k not in
                                                                    ("run_id", "code")}).items()
                                 if not isinstance(v, list)},
@@ -73,16 +74,16 @@ def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seed
             for col in ["run_id", "variant", *run.axes]:
                 hist[col] = summary_rows[-1][col]
             histories.append(hist)
-    return _frames(runs, summary_rows, histories)
+    return _frames(runs, summary_rows, histories, store, recipe.name)
 
 
-def _frames(runs, summary_rows: list[dict], histories: list[pd.DataFrame]):
-    summary = pd.DataFrame(summary_rows)
+def _frames(runs, summary_rows: list[dict], histories: list[pd.DataFrame], store: RunStore, experiment: str):
+    summary = Runs(summary_rows, store=store, experiment=experiment)
     summary.attrs["axes"] = list(dict.fromkeys(a for run in runs for a in run.axes))
     return summary, (pd.concat(histories, ignore_index=True) if histories else pd.DataFrame())
 
 
-def _api_frames(recipe, runs, project, entity):  # pragma: no cover - needs a W&B account and network
+def _api_frames(recipe, runs, project, entity, store):  # pragma: no cover - needs a W&B account and network
     import wandb
     api = wandb.Api(timeout=30)
     path = f"{entity}/{project}" if entity else project
@@ -93,13 +94,13 @@ def _api_frames(recipe, runs, project, entity):  # pragma: no cover - needs a W&
         if run is None:
             continue
         summary_rows.append({"run_id": run.run_id, "variant": run.cfg.variant, **run.axes,
-                             **{f"cfg.{k}": v for k, v in flatten(dict(remote.config)).items()},
+                             **{k: v for k, v in flatten(dict(remote.config)).items()},
                              **{k: v for k, v in remote.summary.items() if not k.startswith("_")}})
         hist = remote.history(samples=100_000, pandas=True).rename(columns={"trainer/global_step": "step"})
         for col in ["run_id", "variant", *run.axes]:
             hist[col] = summary_rows[-1][col]
         histories.append(hist)
-    return _frames(runs, summary_rows, histories)
+    return _frames(runs, summary_rows, histories, store, recipe.name)
 
 
 def versions() -> dict[str, str]:
@@ -110,12 +111,11 @@ def versions() -> dict[str, str]:
             "wandb": wandb.__version__, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def diagnostics_figure(summary: pd.DataFrame, store: RunStore, experiment: str, outdir: Path) -> list[Path]:
+def diagnostics_figure(summary: Runs, outdir: Path) -> list[Path]:
     """What a user looks at when a run goes wrong: loss curves, first/last-layer gradient norms, saturation."""
     from framework.plots import save, sns_setup
-    from framework.recipe import history
     sns, plt = sns_setup()
-    curves, diag = history(summary, store, experiment), history(summary, store, experiment, "diagnostics.csv")
+    curves, diag = summary.curves(), summary.curves("diagnostics.csv")
     if curves.empty and diag.empty:
         return []
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
@@ -233,8 +233,8 @@ def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path
     outdir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(outdir / "summary.csv", index=False)
     hist.to_csv(outdir / "history.csv", index=False)
-    claims, claims_error = claims_or_error(recipe, summary, store)
-    figures = recipe.figures(summary, store, outdir) + diagnostics_figure(summary, store, recipe.name, outdir)
+    claims, claims_error = claims_or_error(recipe, summary)
+    figures = recipe.figures(summary, outdir) + diagnostics_figure(summary, outdir)
     info = versions()
     verdict = {"experiment": recipe.name, "scale": scale, "source": source, "claims": claims,
                "runs": summary["status"].value_counts().to_dict() if "status" in summary else {},

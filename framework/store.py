@@ -27,8 +27,8 @@ import pandas as pd
 
 from framework.config import SAFE_NAME  # the one rule for a name that becomes a folder (validate uses it too)
 from framework.registry import UserError
+from framework.results.measures import FINISHED
 
-FINISHED = ("done", "diverged")
 # What a finished run's folder holds besides status.json (written last of all, after these).
 FINISHED_FILES = ("config.yaml", "summary.json", "metrics.csv")
 STATUSES = ("pending", "running", "done", "diverged", "failed")

@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from framework.results.measures import never_trained
+
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 LEVEL = 0.95
 
@@ -139,19 +141,8 @@ def summarise(per_seed: dict[int, Claim]) -> dict:
             "measured": {str(s): per_seed[s].measured for s in seeds}}
 
 
-def never_trained(runs) -> "pd.Series":
-    """Runs that never took a finite step: diverged at step 0, or a non-finite initial loss."""
-    import numpy as np
-    import pandas as pd
-    status = runs["status"] if "status" in runs else pd.Series("", index=runs.index)
-    at_zero = runs["diverged_step"].eq(0) if "diverged_step" in runs else pd.Series(False, index=runs.index)
-    initial = pd.to_numeric(runs["initial_train_loss"], errors="coerce") if "initial_train_loss" in runs else \
-        pd.Series(0.0, index=runs.index)
-    return (status.eq("diverged") & at_zero) | (status.isin(["done", "diverged"]) & ~np.isfinite(initial))
-
-
-def judge(measure, runs, store) -> list[dict]:
-    """Measure the claims on each seed's runs (`measure(runs_of_one_seed, store)`) and summarise them over seeds.
+def judge(measure, runs) -> list[dict]:
+    """Measure the claims on each seed's runs (`measure(runs_of_one_seed)`) and summarise them over seeds.
     A seed whose runs cannot give a claim's number counts as nan for it (never as a pass), and so does every
     claim of a seed none of whose runs ever trained (`never_trained`)."""
     seeds = sorted(runs["seed"].unique()) if "seed" in runs.columns else [0]
@@ -159,7 +150,7 @@ def judge(measure, runs, store) -> list[dict]:
     for seed in seeds:
         part = runs[runs["seed"] == seed] if "seed" in runs.columns else runs
         part.attrs = dict(runs.attrs)
-        measured[int(seed)] = measure(part, store)
+        measured[int(seed)] = measure(part)
         if len(part) and never_trained(part).all():  # numbers of nets that never took a finite step: no evidence
             for c in measured[int(seed)]:
                 c.measured = {**c.measured, "never_trained": True, "value_as_measured": c.value}

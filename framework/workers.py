@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from framework.preemption import STOPS
 
@@ -35,8 +36,8 @@ def default_workers() -> int:
 
 
 def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, workers: int,
-                     console) -> tuple[dict, int | None]:
-    """Runs `repro run NAME <child_args>` for every name, `workers` at a time; returns each name's exit code
+                     console, command: Callable[[list[str]], None]) -> tuple[dict, int | None]:
+    """Runs `repro run NAME <child_args>` (command(args): the CLI, called in a forked child) for every name, `workers` at a time; returns each name's exit code
     and the stop signal forwarded to the children (None if none came). Each child's output goes to
     log_dir/<name>.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,7 @@ def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, wor
         while queue or running:
             while queue and len(running) < workers and not stop:
                 name = queue.pop(0)
-                pid = _fork_command(["run", name, *child_args], log_dir / f"{name}.log", previous)
+                pid = _fork_command(command, ["run", name, *child_args], log_dir / f"{name}.log", previous)
                 running[pid] = (name, time.time())
                 console.print(f"started {name} (log: {log_dir / f'{name}.log'})")
             for pid, (name, started) in list(running.items()):
@@ -81,11 +82,11 @@ def _import_once() -> None:
     import pytorch_lightning  # noqa: F401
     import wandb  # noqa: F401
     import experiments  # noqa: F401
-    import framework.recipe  # noqa: F401
+    import framework.suite  # noqa: F401
     import framework.runner  # noqa: F401
 
 
-def _fork_command(args: list[str], log: Path, handlers: dict) -> int:
+def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Path, handlers: dict) -> int:
     """A child process running the CLI on args, its output in `log`, in its own session (a Ctrl-C at the terminal
     reaches it once, through this process); returns its pid. The child exits with the command's exit status."""
     sys.stdout.flush()
@@ -101,8 +102,7 @@ def _fork_command(args: list[str], log: Path, handlers: dict) -> int:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        from framework.cli import app
-        app(args=args, prog_name="repro")
+        command(args)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

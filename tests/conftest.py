@@ -21,7 +21,8 @@ TINY = {
 
 @pytest.fixture
 def tiny():
-    from framework.config import RunConfig, apply
+    from framework.config import RunConfig
+    from framework.overrides import apply
     return lambda **overrides: apply(RunConfig(), {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}})
 
 

@@ -256,7 +256,7 @@ def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
     """Each fused group is one array task; the cluster's runs equal the same suite's runs trained here."""
     import re
     from experiments import RECIPES
-    from framework.recipe import run_suite
+    from framework.suite import run_suite
     runs_dir = tmp_path / "runs"
     r = repro("submit", "lr_scaling", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr

@@ -1,7 +1,9 @@
 """Config loading, overrides, validation errors (exit 2, key named, no traceback) and run identity."""
 import pytest
 
-from framework.config import RunConfig, apply, config_hash, parse_overrides
+from framework.config import RunConfig, config_hash
+
+from framework.overrides import apply, parse_overrides
 from framework.registry import UserError
 from tests.conftest import repro
 

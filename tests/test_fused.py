@@ -13,7 +13,7 @@ import torch
 from framework.config import config_hash
 from framework.planner import plan, plan_suite
 from framework.preemption import Preempted
-from framework.recipe import Run
+from framework.grid import Run
 from framework.runner import train, train_group
 from framework.store import RunStore
 from tests.conftest import repro
@@ -77,8 +77,8 @@ def test_fused_members_equal_their_runs_alone(batch_norm, tiny, tmp_path):
 
 
 def test_each_member_keeps_its_own_batch_norm_statistics(tiny, tmp_path):
-    from framework.fused import FusedBatchNorm, fuse_nets
-    from framework.models import build_model
+    from framework.fused_layers import FusedBatchNorm, fuse_nets
+    from framework.nets import build_model
     cfg = tiny(model__batch_norm=True)
     nets = [build_model(cfg.model, (6,), 3) for _ in range(3)]
     fused = fuse_nets(nets)
@@ -192,8 +192,9 @@ def test_every_model_in_the_registry_fuses(name, depth, shape, residual, tiny):
     """The fused net's output for each member's rows is that member's own net's output, in training mode (batch
     statistics) and in eval mode (each member's running statistics), and so are the gradients (within 1e-2: a
     VGG-11 with batch norm at batch 8 amplifies the rounding; measured worst 1.9e-3)."""
-    from framework.fused import fuse_nets, member_state
-    from framework.models import MODELS, build_model
+    from framework.fused_layers import fuse_nets, member_state
+    from framework.models import MODELS
+    from framework.nets import build_model
     assert name in MODELS.names()
     cfg = tiny(model__name=name, model__depth=depth, model__width=4, model__batch_norm=True,
                model__residual=residual)  # a residual MLP with 4 inputs adds rows to its first fused layer's output

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from framework.config import RunConfig, apply
+from framework.config import RunConfig
+
+from framework.overrides import apply
 from framework.runner import train
 from framework.store import RunStore
 from tests.test_recipes import edit, smoke
@@ -240,7 +242,7 @@ def test_linear_net_variances_match_their_closed_form(gain, tmp_path):
 
 def test_fan_in_init_draws_its_variance():
     from framework.config import ModelConfig
-    from framework.models import build_model
+    from framework.nets import build_model
     torch.manual_seed(0)
     net = build_model(ModelConfig(depth=2, width=400, init="fan_in", init_gain=2.0), (300,), 10)
     w = net.blocks[1].linear.weight

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from experiments import RECIPES
-from framework.recipe import run_suite
+from framework.suite import run_suite
 from framework.store import RunStore
 from tests.conftest import repro
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from experiments import RECIPES
-from framework.recipe import run_suite
+from framework.suite import run_suite
 from framework.report import local_frames, wandb_frames
 from framework.store import RunStore
 from tests.conftest import repro

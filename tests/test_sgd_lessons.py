@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from framework.recipe import row_config
+from framework.results.runs import row_config
 from framework.store import RunStore
 from tests.test_recipes import edit, smoke
 

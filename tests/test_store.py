@@ -11,7 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from framework.config import DataConfig, apply, config_hash
+from framework.config import DataConfig, config_hash
+
+from framework.overrides import apply
 from framework.registry import UserError
 from framework.runner import train
 from framework.store import RunBusy, RunStore, StoreError, atomic_write

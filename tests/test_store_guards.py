@@ -180,7 +180,8 @@ def test_a_done_run_with_a_missing_file_is_trained_again(lost, dd_copy):
 
 
 def test_the_runs_frame_leaves_out_a_run_whose_summary_is_missing(tiny, tmp_path):
-    from framework.recipe import Run, runs_frame
+    from framework.grid import Run
+    from framework.results.runs import runs_frame
     from framework.runner import train
     store = RunStore(tmp_path / "runs")
     cfg = tiny()

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from framework.recipe import expand
+from framework.grid import expand
 from framework.registry import UserError
 from framework.verdict import Claim, above, below, interval, judge, summarise, within
 
@@ -102,7 +102,7 @@ def test_bad_seeds_are_named(spec, overrides, seeds, base, key):
 
 
 def test_best_rate_refines_the_grid_argmin_between_its_neighbours():
-    from framework.recipe import best_rate
+    from framework.results.measures import best_rate
     grid = [0.05, 0.1, 0.2, 0.4]
     assert best_rate(grid, [4.0, 1.0, 4.0, 9.0]) == pytest.approx(0.1)       # symmetric neighbours: the grid point
     lean = best_rate(grid, [2.0, 1.0, 4.0, 9.0])                              # the lower neighbour is the closer
