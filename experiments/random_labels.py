@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import RECIPES
-from framework.data import class_count
+from framework.datasets import class_count
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
 from framework.results.runs import Runs

@@ -22,7 +22,9 @@ from framework.config import config_hash, to_dict
 
 from framework.overrides import from_dict
 from framework.registry import UserError, suggest
-from framework.store import RunStore, atomic_write, describe_owner
+from framework.store import RunStore
+from framework.files import atomic_write
+from framework.locks import describe_owner
 
 from framework.resources import resource_dir
 
@@ -157,7 +159,7 @@ def work(manifest_path: Path, task: int) -> int:
     from framework.planner import plan_suite
     from framework.grid import Run
     from framework.runner import train_group
-    from framework.store import RunBusy
+    from framework.locks import RunBusy
     manifest = json.loads(Path(manifest_path).read_text())
     store = RunStore(manifest["runs_dir"])
     runs = [Run(from_dict(c), {}) for c in manifest["tasks"][task]]

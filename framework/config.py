@@ -18,7 +18,7 @@ import yaml
 
 @dataclass
 class DataConfig:
-    name: str = "digits"            # registry: framework.data.DATASETS (digits, mnist, fashion_mnist, cifar10, ...)
+    name: str = "digits"            # registry: framework.datasets.DATASETS (digits, mnist, fashion_mnist, cifar10, ...)
     root: str = ""                  # image datasets: torchvision's layout under here ("" = $REPRO_DATA or ~/.cache/repro/data)
     download: bool = True           # image datasets: fetch missing files where a network exists
     verify: bool = True             # image datasets: check torchvision's MD5s (false: a re-packed copy in the same format)
@@ -166,7 +166,7 @@ PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mi
 
 # Fields whose value must be a registered name; checked at load time, never deep inside a job.
 REGISTRY_FIELDS = {
-    "data.name": ("framework.data", "DATASETS"),
+    "data.name": ("framework.datasets", "DATASETS"),
     "data.corruption": ("framework.data", "CORRUPTIONS"),
     "data.augment": ("framework.data", "AUGMENTATIONS"),
     "model.name": ("framework.nets", "MODELS"),  # nets registers every model on import

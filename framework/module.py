@@ -165,7 +165,7 @@ def _count(model_items: tuple, in_shape: tuple[int, ...], n_outputs: int) -> int
 
 def check_model_size(cfg: RunConfig) -> int:
     """Refuses, before anything is allocated, a model whose parameter memory exceeds the machine's."""
-    from framework.data import input_shape
+    from framework.datasets import input_shape
     in_shape, n_outputs = input_shape(cfg.data)
     n = count_parameters(cfg.model, tuple(in_shape), int(n_outputs))
     need = n * BYTES_PER_PARAMETER

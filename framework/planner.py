@@ -47,7 +47,7 @@ def alone_because(cfg: RunConfig) -> str | None:
 @functools.lru_cache(maxsize=256)
 def _structure_of(model_json: str, data_json: str) -> tuple | None:
     from framework.config import DataConfig, ModelConfig
-    from framework.data import input_shape
+    from framework.datasets import input_shape
     from framework.fused_layers import FUSED_LAYERS, structure
     from framework.nets import build_model
     in_shape, n_out = input_shape(DataConfig(**json.loads(data_json)))
@@ -78,7 +78,7 @@ def fusion_key(cfg: RunConfig) -> str | None:
 def member_bytes(cfg: RunConfig) -> int:
     """A member's memory in a group: weights, gradients and two optimizer moments, and the activations of one
     batch kept for backward (each layer's output, twice for the activation and its gradient)."""
-    from framework.data import input_shape
+    from framework.datasets import input_shape
     from framework.nets import build_model
     from framework.module import BYTES_PER_PARAMETER
     in_shape, n_out = input_shape(cfg.data)

@@ -20,7 +20,8 @@ from framework.recipe import Recipe
 from framework.suite import claims_or_error
 from framework.results.runs import Runs, runs_frame
 from framework.registry import UserError
-from framework.store import RunStore, atomic_write, strict_json
+from framework.store import RunStore
+from framework.files import atomic_write, strict_json
 from framework.tracking import code_version
 from framework.wandb_files import offline_runs, read_run
 

@@ -22,7 +22,8 @@ from framework.persist import Member, group_checkpoint, persist, prepare_store, 
 from framework.preemption import SIGNALS, Preemption
 from framework.probes import Probes
 from framework.process import build_trainer, is_lead_process, quiet_lightning, set_threads
-from framework.store import RunBusy, RunLock, RunStore
+from framework.locks import RunBusy, RunLock
+from framework.store import RunStore
 from framework.tracking import make_wandb_logger
 
 

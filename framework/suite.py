@@ -14,7 +14,9 @@ from framework.recipe import Recipe
 from framework.registry import UserError
 from framework.results.runs import runs_frame
 from framework.runner import train_group
-from framework.store import RunBusy, RunStore, atomic_write, describe_owner, strict_json
+from framework.locks import RunBusy, describe_owner
+from framework.store import RunStore
+from framework.files import atomic_write, strict_json
 from framework.tracking import code_version, wandb_mode
 
 

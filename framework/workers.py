@@ -118,7 +118,7 @@ def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Pa
 def read_verdict(path: Path, since: float) -> dict | None:
     """A child's verdict.json, if it wrote one after `since` (an older file is a previous command's); a damaged one
     is named (StoreError)."""
-    from framework.store import read_json_file
+    from framework.files import read_json_file
     if not path.exists() or path.stat().st_mtime < since:
         return None
     return read_json_file(path)

@@ -17,7 +17,8 @@ import pytorch_lightning as pl
 from framework.config import config_hash
 from framework.preemption import Preempted
 from framework.runner import train
-from framework.store import RunStore, atomic_write
+from framework.store import RunStore
+from framework.files import atomic_write
 from tests.conftest import ROOT, repro
 
 QUICK = ["tracking.mode=disabled", "trainer.accelerator=cpu"]

@@ -175,7 +175,7 @@ def test_ddp_shares_of_a_batch_are_equal_or_refused():
 
 def test_threads_come_from_the_config_then_slurm_then_one(monkeypatch):
     import torch
-    from framework.runner import set_threads
+    from framework.process import set_threads
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)

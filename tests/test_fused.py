@@ -168,7 +168,7 @@ def test_planner_caps_a_group_by_memory(tiny, monkeypatch):
 def test_fuse_options_are_checked(tmp_path):
     r = repro("run", "double_descent", "--scale", "smoke", "--fuse", "sometimes", "--runs-dir", str(tmp_path))
     assert r.returncode == 2 and "--fuse" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    from framework.cli import _check_fuse
+    from framework.cli_common import _check_fuse
     from framework.registry import UserError
     with pytest.raises(UserError, match="--fuse-max"):
         _check_fuse("auto", 0)

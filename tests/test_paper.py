@@ -10,9 +10,11 @@ import torch
 
 from experiments import RECIPES
 from framework.config import flatten, to_dict
-from framework.data import TensorBatches, augment, build_splits, class_count
+from framework.data import TensorBatches, augment, build_splits
+from framework.datasets import class_count
 from framework.module import build_module
-from framework.runner import build_trainer, train
+from framework.process import build_trainer
+from framework.runner import train
 from tests.conftest import repro, shared_data
 
 

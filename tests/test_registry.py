@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from framework.data import DATASETS, build_splits
+from framework.datasets import DATASETS
+
+from framework.data import build_splits
 from framework.losses import LOSSES
 from framework.models import ACTIVATIONS, INITS, MODELS
 from framework.optim import OPTIMIZERS, SCHEDULES, effective_lr, lr_factor
@@ -106,7 +108,7 @@ def test_datasets(dataset, tiny, store, cifar_root):
                 "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072, "quadratic": 6, "location": 1,
                 "random_images": 3072}[dataset]
     assert splits.x_train[0].numel() == features
-    from framework.data import input_shape
+    from framework.datasets import input_shape
     assert tuple(input_shape(cfg.data)[0]) == splits.in_shape and input_shape(cfg.data)[1] == splits.n_outputs, \
         "the shape the memory check assumes is the shape the data has"
     _steps(cfg, store)

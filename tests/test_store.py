@@ -16,7 +16,9 @@ from framework.config import DataConfig, config_hash
 from framework.overrides import apply
 from framework.registry import UserError
 from framework.runner import train
-from framework.store import RunBusy, RunStore, StoreError, atomic_write
+from framework.locks import RunBusy
+from framework.store import RunStore
+from framework.files import StoreError, atomic_write
 from tests.conftest import repro
 
 
@@ -112,7 +114,7 @@ def test_a_lock_from_another_host_is_stale_only_when_its_heartbeat_stops(tmp_pat
 
 
 def test_the_heartbeat_keeps_a_lock_fresh_and_notices_a_takeover(tmp_path, monkeypatch):
-    from framework.store import RunLock
+    from framework.locks import RunLock
     monkeypatch.setattr(RunLock, "HEARTBEAT_S", 0.1)
     store = RunStore(tmp_path)
     lock = store.lock("test", "abc")

@@ -76,7 +76,7 @@ def test_a_typed_experiment_cannot_write_outside_the_store(name, tmp_path):
 
 
 def test_the_store_refuses_a_path_as_a_folder_name(tmp_path):
-    from framework.store import StoreError
+    from framework.files import StoreError
     store = RunStore(tmp_path / "runs")
     for exp, run_id in [("..", "abc"), ("a/b", "abc"), ("exp", "../abc"), ("", "abc")]:
         with pytest.raises(StoreError):
@@ -256,7 +256,7 @@ def test_sync_builds_a_command_the_installed_wandb_accepts(tiny, tmp_path):
     """A dry run through the real `wandb sync` of a real offline run; every option passed exists in the installed
     wandb's CLI (0.30 removed --include-offline, and rejects it with exit 1)."""
     from wandb.cli.cli import sync as wandb_sync
-    from framework.cli import sync_command
+    from framework.cli_tools import sync_command
     from framework.runner import train
     store = RunStore(tmp_path / "runs")
     train(tiny(tracking__mode="offline"), store)
@@ -297,7 +297,7 @@ def test_a_malformed_or_unrelated_lock_is_taken_over(text, tiny, tmp_path):
 def test_a_lock_of_a_reused_pid_is_taken_over(tiny, tmp_path):
     import socket
     from framework.runner import train
-    from framework.store import _process_start
+    from framework.locks import _process_start
     store = RunStore(tmp_path / "runs")
     cfg = tiny()
     parent = os.getppid()  # alive, and not the process that wrote the lock (its start time differs)
@@ -333,7 +333,7 @@ def test_a_full_disk_in_a_fused_group_keeps_what_finished(tiny, tmp_path, small_
     prints as one line (exit 1), and the rerun finishes them."""
     import pytorch_lightning as pl
     from framework.runner import train_group
-    from framework.store import StoreFull
+    from framework.files import StoreFull
     cfgs = [tiny(seed=s, trainer__max_epochs=20, diagnostics__every_n_steps=1) for s in range(4)]
     reference = RunStore(tmp_path / "ref")
     train_group(cfgs, reference)

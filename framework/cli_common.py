@@ -1,0 +1,142 @@
+"""What every `repro` command shares (the commands import the framework inside themselves: torch costs seconds to
+import, and `repro --help` or a bad option should not wait for it): the Typer app, the consoles, the exit codes and their one-line messages, the
+options' checks and the verdict table."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from framework.registry import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproduce documented phenomena of neural-network training, tracked run by run.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+def _recipes():
+    from experiments import RECIPES
+    return RECIPES
+
+
+def _names(experiment: str) -> list[str]:
+    """'all' or one recipe name, checked before anything runs."""
+    recipes = _recipes()
+    names = recipes.names() if experiment == "all" else [experiment]
+    for name in names:
+        recipes.check(name, "experiment")
+    return names
+
+
+EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 1, 2  # the others: 0, and 128 + a signal's number (_stopped)
+
+
+def _fail(e: Exception):
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _full(e) -> None:
+    """A full disk: one line, exit 1 (what was finished is stored; the rest trains on the next launch)."""
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+def _stopped(e) -> None:
+    """A stop signal: one line, no traceback, exit 128 + the signal's number."""
+    err.print(f"[bold yellow]stopped:[/] {escape(str(e))}; rerun the same command to resume", highlight=False,
+              soft_wrap=True)
+    raise typer.Exit(128 + e.signum)
+
+
+def _fmt(v) -> str:
+    if v is None:  # verdict.json's null: a statistic that was nan or infinite (strict JSON has neither)
+        return "not finite"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
+
+
+def print_verdicts(verdicts: list[dict]) -> None:
+    table = Table(title="Verdict over seeds (mean and 95% interval; the per-seed values after them)", show_lines=True)
+    for col in ("experiment", "claim", "mean [95% interval]", "per seed", "criterion", "verdict"):
+        table.add_column(col, overflow="fold")
+    for v in verdicts:
+        for c in v["claims"]:
+            lo, hi = c["interval"]
+            per_seed = ", ".join(f"{s}: {_fmt(x)}" for s, x in c["per_seed"].items())
+            style = VERDICT_STYLE.get(c["verdict"], "white")
+            table.add_row(escape(f"{v['experiment']} [{v['scale']}]"), escape(f"{c['claim']} ({c['reference']})"),
+                          f"{_fmt(c['mean'])} [{_fmt(lo)}, {_fmt(hi)}]", escape(per_seed), escape(c["criterion"]),
+                          f"[{style}]{c['verdict']}[/] ({c['seeds_holding']}/{c['seeds']} seeds"
+                          + (f"; too few to judge, the interval alone: {c.get('interval_verdict')})"
+                             if c.get("too_few_seeds") else ")"))
+    console.print(table)
+
+
+def _seed_options(seeds: Optional[int], seed_base: int) -> dict:
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds: expected a whole number >= 1, got {seeds}")
+    if seed_base < 0:
+        raise UserError(f"--seed-base: expected a whole number >= 0, got {seed_base}")
+    return {"seeds": seeds, "seed_base": seed_base}
+
+
+YES_HELP = "confirm a suite of more than MAX_RUNS (5,000) runs"
+
+
+def _confirm(yes: bool) -> None:
+    if yes:  # read where the grid is expanded (framework/recipe.py), here and in every child process
+        os.environ["REPRO_YES"] = "1"
+
+
+def _check_runs_dir(runs_dir: Path) -> None:
+    """--runs-dir must be a folder this process can write (one line, exit 2, before anything trains)."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UserError(f"--runs-dir: {runs_dir} is a file, not a folder")
+    probe = runs_dir if runs_dir.exists() else next((p for p in runs_dir.absolute().parents if p.exists()), None)
+    if probe is None or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--runs-dir: {runs_dir} is not writable by this user"
+                        + ("" if runs_dir.exists() else f" (nor is {probe}, where it would be created)"))
+
+
+SEEDS_HELP = "seeds per grid point (default: the scale's, 5 at cpu, 2 at smoke)"
+SEED_BASE_HELP = "the first seed: runs use seeds B, B+1, ..., B+N-1"
+
+
+def _print_failures(verdicts: list[dict]) -> bool:
+    """Prints the verdicts' failed runs and uncomputed claims, one line each; True if there were any."""
+    failed = [(v["experiment"], f) for v in verdicts for f in v.get("failed", [])]
+    for name, f in failed:
+        err.print(escape(f"failed: {name}/{f['run_id']} ({f['variant']}): {_one_line(f['error'])}"),
+                  highlight=False, soft_wrap=True)
+    broken = [v for v in verdicts if v.get("claims_error")]
+    for v in broken:
+        err.print(escape(f"claims of {v['experiment']} not computed: {_one_line(v['claims_error'])}"),
+                  highlight=False, soft_wrap=True)
+    if failed:
+        err.print(f"{len(failed)} runs failed (retried on the next launch); exit status {EXIT_RUNS_FAILED}")
+    return bool(failed or broken)
+
+
+def _check_fuse(fuse: str, fuse_max: int) -> None:
+    from framework.planner import FUSE_MODES  # the CLI imports torch only once a command needs it (--help: 0.2 s)
+    if fuse not in FUSE_MODES:
+        raise UserError(f"--fuse: expected one of {', '.join(FUSE_MODES)}, got {fuse!r}")
+    if fuse_max < 1:
+        raise UserError(f"--fuse-max: must be >= 1, got {fuse_max}")
+
+
+def _one_line(text) -> str:
+    lines = [line for line in str(text or "").splitlines() if line.strip()]
+    return lines[0][:300] if lines else "unknown error"
