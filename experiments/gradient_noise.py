@@ -62,7 +62,7 @@ def variance_slopes(m: pd.DataFrame, n: int, until: int | None = None) -> list[f
         bs = sorted(cols)
         v = [r[cols[b]] * (n - 1) / (n - b) for b in bs]
         if all(x > 0 for x in v):
-            slopes.append(float(np.polyfit(np.log(bs), np.log(v), 1)[0]))
+            slopes.append(loglog_slope(bs, v))
     return slopes
 
 

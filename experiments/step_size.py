@@ -25,7 +25,7 @@ import pandas as pd
 from experiments import RECIPES
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
-from framework.results.measures import fewest_steps, loss_reduction
+from framework.results.measures import fewest_steps, loglog_slope, loss_reduction
 from framework.results.runs import Runs
 from framework.verdict import Claim, above, below, within
 
@@ -115,7 +115,7 @@ def condition_slope(runs: Runs, name: str) -> tuple[float, dict]:
     ys = [steps[k] for k in kappas]
     if len(kappas) < 2 or not all(math.isfinite(y) and y > 0 for y in ys):
         return math.nan, {"steps": {str(k): v for k, v in steps.items()}}
-    slope = float(np.polyfit(np.log(kappas), np.log(ys), 1)[0])
+    slope = loglog_slope(kappas, ys)
     return slope, {"steps": {str(int(k)): round(v, 1) for k, v in steps.items()}}
 
 

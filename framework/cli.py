@@ -23,7 +23,8 @@ from rich.table import Table
 from framework import cli_tools  # noqa: F401  (registers submit, status, sync, bench and worker on the app)
 from framework.cli_common import (EXIT_BAD_INPUT, EXIT_RUNS_FAILED, SEED_BASE_HELP, SEEDS_HELP, YES_HELP,
                                   _check_fuse, _check_runs_dir, _confirm, _fail, _full, _names, _print_failures,
-                                  _recipes, _seed_options, _stopped, app, console, err, print_verdicts)
+                                  _recipes, _seed_options, _stopped, app, console, err, print_verdicts,
+                                  write_verdict_table)
 from framework.registry import UserError
 
 
@@ -83,6 +84,8 @@ def run(
         from framework.process import is_lead_process
         if is_lead_process():
             print_verdicts(verdicts)
+            if experiment == "all":
+                write_verdict_table(verdicts, reports_dir)
     except UserError as e:
         _fail(e)
     except Stop as e:
@@ -112,6 +115,7 @@ def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, sca
             verdicts.append(v)
     if verdicts:
         print_verdicts(verdicts)
+        write_verdict_table(verdicts, reports_dir)
     failures = _print_failures(verdicts)
     stopped = [c for c in codes.values() if c >= 128]
     if stop is not None or stopped:
@@ -176,6 +180,8 @@ def report(
                     known[name] = read_json_file(path)
             console.print(f"wrote {write_index([known[n] for n in recipes.names() if n in known], reports_dir)}")
         print_verdicts(verdicts)
+        if experiment == "all":
+            write_verdict_table(verdicts, reports_dir)
     except UserError as e:
         _fail(e)
     if _print_failures(verdicts):

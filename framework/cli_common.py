@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from framework.registry import UserError
+from framework.verdict_table import fmt as _fmt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce documented phenomena of neural-network training, tracked run by run.")
@@ -56,12 +58,6 @@ def _stopped(e) -> None:
     raise typer.Exit(128 + e.signum)
 
 
-def _fmt(v) -> str:
-    if v is None:  # verdict.json's null: a statistic that was nan or infinite (strict JSON has neither)
-        return "not finite"
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
 
 
 VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
@@ -140,3 +136,25 @@ def _check_fuse(fuse: str, fuse_max: int) -> None:
 def _one_line(text) -> str:
     lines = [line for line in str(text or "").splitlines() if line.strip()]
     return lines[0][:300] if lines else "unknown error"
+
+
+def command_line() -> str:
+    """The running command as typed, rebuilt from its parsed parameters (sys.argv is another program's under a
+    test runner, and a forked `run all` child's is its parent's): what reports/verdicts.md says produced it."""
+    ctx = click.get_current_context()
+    words = ["repro", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
+        elif value is not None and value != param.default:
+            words += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return " ".join(words)
+
+
+def write_verdict_table(verdicts: list[dict], reports_dir: Path) -> None:
+    """reports/verdicts.md from the verdicts of every recipe just run or reported (`run all`, `report all`)."""
+    from framework.tracking import code_version
+    from framework.verdict_table import write
+    if verdicts:
+        console.print(f"wrote {write(verdicts, reports_dir, command_line(), code_version())}")

@@ -1,13 +1,7 @@
 """Fused training: K runs of one architecture trained as one model, each still its own run.
 
-The fused net is the members' net with every layer that holds parameters replaced by a batched layer whose
-parameters stack the K members' (dim 0); activations carry the K members' batches one after another along the
-batch dimension (K * B rows), so every layer without parameters (activations, pooling, flatten, residual adds)
-runs unchanged. Linear layers are batched matmuls, convolutions grouped convolutions (as in HFTA, Wang et al.
-2021), batch norm one norm over K x C channels (each member keeps its own running statistics), dropout draws each
-member's masks from its lone run's random stream (on the CPU; see FusedDropout). Batched layers were measured
-against torch.func's vmap over `stack_module_state` (16 x 50-layer width-10 MLPs, batch 128, one CPU thread):
-17 ms a step against 25 ms.
+The fused net (framework/fused_layers.py) stacks every member's parameters along dim 0; its batches put the
+members' batches side by side (framework/fused_data.py).
 
 Each member has its own initialisation (its net is built exactly as an unfused run builds it, then stacked), its
 own data order and data (its seed, label noise, corruption), its own optimizer hyperparameters and schedule

@@ -5,21 +5,19 @@ Needs root to start SLURM (as in CI); elsewhere the SLURM tests skip with that r
 import json
 import multiprocessing as mp
 import os
-import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 
 from framework.config import config_hash
 from framework.preemption import Preempted
 from framework.runner import train
 from framework.store import RunStore
 from framework.files import atomic_write
-from tests.conftest import ROOT, repro
+from tests.helpers import ROOT, cli, repro
+from tests.helpers.signals import SignalAt
 
 QUICK = ["tracking.mode=disabled", "trainer.accelerator=cpu"]
 ONE = ["--seeds", "1"]  # these tests are about the cluster, not seeds: one seed per grid point keeps them short
@@ -111,15 +109,6 @@ def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
         assert resumed[key] == reference[key], key
 
 
-class SignalAt(pl.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
 @pytest.mark.parametrize("step", [5, 15, 16, 33])  # mid-epoch, last batch of an epoch, first batch, last epoch
 def test_resume_is_exact_wherever_the_signal_lands(step, tiny, tmp_path):
     cfg = tiny(trainer__max_epochs=5, model__dropout=0.2, schedule__name="cosine", data__n_samples=400)
@@ -161,15 +150,14 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
 
 
 def test_submit_without_sbatch_is_a_clear_error(tmp_path):
-    r = repro("submit", "double_descent", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
-              env={"PATH": str(tmp_path)})
-    assert r.returncode == 2 and "sbatch not found on PATH" in r.stderr and "Traceback" not in r.stderr
+    r = cli("submit", "double_descent", "--scale", "smoke", "--runs-dir", tmp_path / "runs", env={"PATH": str(tmp_path)})
+    assert r.exit_code == 2 and "sbatch not found on PATH" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_profile_is_a_clear_error(tmp_path):
-    r = repro("submit", "double_descent", "--profile", "gpus", "--runs-dir", str(tmp_path / "runs"))
-    assert r.returncode == 2 and "unknown profile 'gpus'" in r.stderr and "did you mean 'gpu'" in r.stderr
+    r = cli("submit", "double_descent", "--profile", "gpus", "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 2 and "unknown profile 'gpus'" in r.stderr and "did you mean 'gpu'" in r.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -5,23 +5,22 @@ from framework.config import RunConfig, config_hash
 
 from framework.overrides import apply, parse_overrides
 from framework.registry import UserError
-from tests.conftest import repro
+from tests.helpers import cli, repro
 
 
 @pytest.mark.parametrize("override, must_name", [
     ("model.dept=20", ["model.dept", "did you mean 'model.depth'"]),
-    pytest.param("model.depth=abc", ["model.depth", "expected int", "'abc'"], marks=pytest.mark.slow),
+    ("model.depth=abc", ["model.depth", "expected int", "'abc'"]),
     ("optim.name=adamm", ["optim.name", "did you mean 'adam'", "adamw", "sgd"]),
-    pytest.param("model.activation=sigmod", ["model.activation", "did you mean 'sigmoid'"], marks=pytest.mark.slow),
-    # each case is a CLI process of about 12 s on 2 cores: four more run with -m slow (CI time)
-    pytest.param("optim.lr=-1", ["optim.lr", "> 0"], marks=pytest.mark.slow),
-    pytest.param("grid.model.dropout=[0.1]", ["grid axis", "model.dropout"], marks=pytest.mark.slow),
+    ("model.activation=sigmod", ["model.activation", "did you mean 'sigmoid'"]),
+    ("optim.lr=-1", ["optim.lr", "> 0"]),
+    ("grid.model.dropout=[0.1]", ["grid axis", "model.dropout"]),
     ("model.width=1000000000", ["model.width", "parameters", "GiB", "more than this machine"]),
 ])
 def test_cli_config_errors_exit_2_with_one_line(override, must_name, tmp_path):
-    r = repro("run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir", str(tmp_path / "runs"),
-              "--reports-dir", str(tmp_path / "reports"))
-    assert r.returncode == 2, r.stdout + r.stderr
+    r = cli("run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir", tmp_path / "runs",
+            "--reports-dir", tmp_path / "reports")
+    assert r.exit_code == 2, r.output
     assert_one_line_naming(r.stderr, must_name, tmp_path)
 
 
@@ -48,20 +47,18 @@ def assert_one_line_naming(stderr: str, must_name: list[str], tmp_path) -> None:
     ("trainer.threads=-1", ["trainer.threads", ">= 0"]),
 ])
 def test_values_that_used_to_fail_late_exit_2_at_load(override, must_name, tmp_path):
-    """The same CLI, in this process (typer's runner: no interpreter start per case)."""
-    from typer.testing import CliRunner
-    from framework.cli import app
-    r = CliRunner().invoke(app, ["run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir",
-                                 str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")])
+    r = cli("run", "vanishing_gradients", "--scale", "smoke", override, "--runs-dir", tmp_path / "runs",
+            "--reports-dir", tmp_path / "reports")
     assert r.exit_code == 2, r.output
     assert_one_line_naming(r.stderr, must_name, tmp_path)
 
 
 def test_cli_unknown_experiment_and_scale(tmp_path):
+    """Bad input's exit code from a real process (the other bad-input cases run in this process)."""
     r = repro("run", "vanishing_gradient", "--runs-dir", str(tmp_path))
     assert r.returncode == 2 and "did you mean 'vanishing_gradients'" in r.stderr and "Traceback" not in r.stderr
-    r = repro("run", "vanishing_gradients", "--scale", "smok", "--runs-dir", str(tmp_path))
-    assert r.returncode == 2 and "did you mean 'smoke'" in r.stderr
+    r = cli("run", "vanishing_gradients", "--scale", "smok", "--runs-dir", tmp_path)
+    assert r.exit_code == 2 and "did you mean 'smoke'" in r.stderr
 
 
 def test_overrides_are_typed():
@@ -122,7 +119,7 @@ def test_a_typed_override_wins_over_a_grid_bundle():
 
 def _configs(tmp_path, name: str, text: str):
     import shutil
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
     folder = tmp_path / "configs"
     shutil.copytree(ROOT / "configs", folder)
     (folder / f"{name}.yaml").write_text(text)
@@ -131,23 +128,20 @@ def _configs(tmp_path, name: str, text: str):
 
 @pytest.mark.parametrize("text, must_name", [
     ("run: {model: {depth: 2}\ngrid: {}\n", ["line 2", "malformed YAML"]),
-    # two CLI processes a case (about 25 s): these three run with -m slow (CI time)
-    pytest.param("run: {}\ngrid: {model.width: 8}\nscales: {cpu: {}}\n", ["grid.model.width", "non-empty list"],
-                 marks=pytest.mark.slow),
-    pytest.param("run: {}\ngrid: {arch: {}}\nscales: {cpu: {}}\n", ["grid.arch", "non-empty map"],
-                 marks=pytest.mark.slow),
-    pytest.param("- just\n- a list\n", ["expected a map"], marks=pytest.mark.slow),
+    ("run: {}\ngrid: {model.width: 8}\nscales: {cpu: {}}\n", ["grid.model.width", "non-empty list"]),
+    ("run: {}\ngrid: {arch: {}}\nscales: {cpu: {}}\n", ["grid.arch", "non-empty map"]),
+    ("- just\n- a list\n", ["expected a map"]),
 ])
 def test_a_broken_recipe_yaml_is_one_line_naming_the_file(text, must_name, tmp_path):
     env = _configs(tmp_path, "double_descent", text)
-    r = repro("run", "double_descent", "--runs-dir", str(tmp_path / "runs"), env=env)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    r = cli("run", "double_descent", "--runs-dir", tmp_path / "runs", env=env)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.output[-2000:]
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
     assert "double_descent.yaml" in r.stderr
     for text in must_name:
         assert text in r.stderr
-    listed = repro("list", env=env)
-    assert "Traceback" not in listed.stderr and "double_descent.yaml" in listed.stderr
+    listed = cli("list", env=env)
+    assert listed.exit_code == 2 and "Traceback" not in listed.stderr and "double_descent.yaml" in listed.stderr
     for name in ("vanishing_gradients", "random_labels", "lr_scaling", "adam_vs_sgd"):
         assert name in listed.stdout, "one broken YAML does not hide the other recipes"
 

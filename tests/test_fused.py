@@ -16,33 +16,9 @@ from framework.preemption import Preempted
 from framework.grid import Run
 from framework.runner import train, train_group
 from framework.store import RunStore
-from tests.conftest import repro
-from tests.test_cluster import SignalAt
-
-RTOL = 1e-4
-EXACT = ("status", "steps", "epochs", "diverged_step", "fit_step", "n_train")
-NUMBERS = ("initial_train_loss", "train_loss", "train_acc", "val_loss", "test_loss", "test_acc", "grad_norm_first",
-           "grad_norm_last", "saturation_mean")
-
-
-def close(a, b, rtol=RTOL) -> bool:
-    if a is None or b is None or pd.isna(a) or pd.isna(b):
-        return (a is None or pd.isna(a)) and (b is None or pd.isna(b))
-    return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-3)
-
-
-def assert_same_run(alone: RunStore, fused: RunStore, exp: str, run_id: str, rtol=RTOL):
-    a, b = alone.summary(exp, run_id), fused.summary(exp, run_id)
-    for key in EXACT:
-        assert a.get(key) == b.get(key), (run_id, key, a.get(key), b.get(key))
-    for key in NUMBERS:
-        if key in a or key in b:
-            assert close(a.get(key), b.get(key), rtol), (run_id, key, a.get(key), b.get(key))
-    for name in ("metrics.csv", "diagnostics.csv"):
-        fa, fb = alone.read_frame(exp, run_id, name), fused.read_frame(exp, run_id, name)
-        assert list(fa.columns) == list(fb.columns) and fa.shape == fb.shape, (run_id, name, fa.shape, fb.shape)
-        pd.testing.assert_frame_equal(fa, fb, check_exact=False, rtol=rtol, atol=1e-6)
-
+from tests.helpers import cli, repro
+from tests.helpers.fused import assert_same_run
+from tests.helpers.signals import SignalAt
 
 def members(tiny, big_lr=1e4, **shared):
     """Four runs of one shape: a seed x lr sweep with a diverging member and an early-stopping member."""
@@ -166,8 +142,8 @@ def test_planner_caps_a_group_by_memory(tiny, monkeypatch):
 
 
 def test_fuse_options_are_checked(tmp_path):
-    r = repro("run", "double_descent", "--scale", "smoke", "--fuse", "sometimes", "--runs-dir", str(tmp_path))
-    assert r.returncode == 2 and "--fuse" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("run", "double_descent", "--scale", "smoke", "--fuse", "sometimes", "--runs-dir", tmp_path)
+    assert r.exit_code == 2 and "--fuse" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     from framework.cli_common import _check_fuse
     from framework.registry import UserError
     with pytest.raises(UserError, match="--fuse-max"):

@@ -16,8 +16,7 @@ from framework.config import RunConfig
 from framework.overrides import apply
 from framework.runner import train
 from framework.store import RunStore
-from tests.test_recipes import edit, smoke
-from tests.test_sgd_lessons import _then, claim_follows_the_data, rows, write_metrics
+from tests.helpers.claims import claim_follows_the_data, edit, rows, then as _then, write_metrics
 
 
 # ---- initialisation (smoke: variance nets of 8 hidden layers; symmetry, deep_relu and output parts) -------------
@@ -27,7 +26,7 @@ def _at_init(scheme, forward=1.0, backward=1.0, saturation=0.0, first_var=0.3, s
     the first to the last layer, |dL/da_1|^2 / |dL/da_L|^2 is `backward`, and every layer's saturated share and
     unit spread are as given; a head row (no activation) closes it."""
     def make(row):
-        depth = int(row["cfg.model.depth"])
+        depth = int(row["model.depth"])
         out = []
         for step in (0, 1):
             for layer in range(depth):
@@ -87,7 +86,7 @@ def _eos(rises=True, reach=1.3, hover=1.05, falls=True, oscillates=True, tracks=
         return 2 + 4 * t / 30 if rises else 6 - 4 * t / 30
 
     def make(row):
-        lr = float(row["cfg.optim.lr"])
+        lr = float(row["optim.lr"])
         steps = np.arange(0, int(row["steps"]) + 1)
         t = steps * lr
         if row["part"] == "flow":
@@ -143,9 +142,9 @@ def _paths(first, second, gap):
 def _best(rule, best: dict):
     """Validation losses on the grid: lowest at best[lr] for that rule, higher elsewhere."""
     def run(frame, store):
-        key = "cfg.loss.l2" if rule == "adam_l2" else "cfg.optim.weight_decay"
+        key = "loss.l2" if rule == "adam_l2" else "optim.weight_decay"
         for _, row in rows(frame, part="grid", rule=rule).iterrows():
-            lr = float(row["cfg.optim.lr"])
+            lr = float(row["optim.lr"])
             good = math.isclose(float(row[key]), best[lr])
             frame = edit(frame, {"run_id": row["run_id"]}, status="done", val_loss=0.3 if good else 0.6)
         return frame, store
@@ -167,8 +166,8 @@ def _noisy(min_val=0.4, final_val=0.8, early_err=0.05, final_err=0.15):
                              "probe/test_error": [0.9, early_err, final_err, final_err]})
 
     def run(frame, store):
-        write_metrics(store, "regularisation", frame, {"part": "noisy", "cfg.model.dropout": 0.0}, make)
-        return edit(frame, {"part": "noisy", "cfg.model.dropout": 0.0}, status="done", val_loss=final_val,
+        write_metrics(store, "regularisation", frame, {"part": "noisy", "model.dropout": 0.0}, make)
+        return edit(frame, {"part": "noisy", "model.dropout": 0.0}, status="done", val_loss=final_val,
                     test_error=final_err), store
     return run
 
@@ -177,7 +176,7 @@ def _dropout(plain: tuple, dropped: tuple):
     """(train_loss, train_error, test_error) of the plain and the dropout net."""
     def run(frame, store):
         for p, values in ((0.0, plain), (0.5, dropped)):
-            frame = edit(frame, {"part": "noisy", "cfg.model.dropout": p}, status="done",
+            frame = edit(frame, {"part": "noisy", "model.dropout": p}, status="done",
                          **dict(zip(("train_loss", "train_error", "test_error"), values)))
         return frame, store
     return run

@@ -6,7 +6,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_a_non_editable_install_runs_from_another_directory(tmp_path):

@@ -5,49 +5,14 @@ must hold and once so it must fail, and the recipe's own claim code is re-run on
 move with the data (a constant, or a number not read from the runs) fails here.
 """
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from experiments import RECIPES
 from framework.suite import run_suite
 from framework.store import RunStore
-from tests.conftest import repro
-
-SMOKE = {}
-
-
-def smoke(name, tmp_path_factory, *overrides):
-    key = (name, overrides)
-    if key not in SMOKE:
-        root = tmp_path_factory.mktemp(name)
-        recipe = RECIPES.get(name)()
-        store = RunStore(root / "runs")
-        verdict = run_suite(recipe, "smoke", ["tracking.mode=disabled", *overrides], store, root / "reports")
-        frame = pd.read_csv(root / "reports" / name / "smoke" / "runs.csv")
-        frame.attrs["axes"] = [a for a in ("model.depth", "model.activation", "arch", "condition", "model.width",
-                                           "problem", "optimizer", "rule", "data.batch_size", "optim.lr")
-                               if a in frame.columns]
-        frame.attrs["axes"] += [a for a in ("part", "scheme", "model.dropout") if a in frame.columns]
-        SMOKE[key] = (recipe, store, frame, verdict, root)
-    return SMOKE[key]
-
-
-def verdict_of(recipe, store, frame, index):
-    return recipe.claims(frame, store)[index]["interval_verdict"]  # two smoke seeds: the interval's own side
-
-
-def edit(frame, where: dict, **values):
-    """Set columns on every run matching `where` (at every seed: the edited claim then holds or fails at all)."""
-    frame = frame.copy()
-    mask = pd.Series(True, index=frame.index)
-    for k, v in where.items():
-        mask &= np.isclose(frame[k], v) if isinstance(v, float) else frame[k] == v
-    assert mask.any(), f"no run matches {where}"
-    for col, v in values.items():
-        frame.loc[mask, col] = v
-    return frame
-
+from tests.helpers import repro
+from tests.helpers.claims import edit, judged, smoke, verdict_of
 
 @pytest.mark.parametrize("name", ["random_labels", "double_descent", "lr_scaling", "adam_vs_sgd", "step_size",
                                   "gradient_noise", "sgd_temperature", "initialisation", "edge_of_stability",
@@ -69,9 +34,9 @@ def test_smoke_suite_runs_for_real(name, tmp_path_factory):
 # ---- random_labels (smoke: true labels, 0.4, random labels, random pixels, gaussian) ----------------------
 
 def _labels(frame, col, values):
-    levels = sorted(frame.loc[frame["cfg.data.corruption"] == "none", "cfg.data.label_noise"].unique())
+    levels = sorted(frame.loc[frame["data.corruption"] == "none", "data.label_noise"].unique())
     for level, v in zip(levels, values):
-        frame = edit(frame, {"cfg.data.corruption": "none", "cfg.data.label_noise": float(level)}, **{col: v})
+        frame = edit(frame, {"data.corruption": "none", "data.label_noise": float(level)}, **{col: v})
     return frame
 
 
@@ -165,16 +130,16 @@ LR_SCALING = {
 
 
 def _wilson(frame, optimizer, **values):
-    return edit(frame, {"cfg.data.name": "wilson", "optimizer": optimizer}, status="done", **values)
+    return edit(frame, {"data.name": "wilson", "optimizer": optimizer}, status="done", **values)
 
 
 def _all_plus(frame):
     """Adam labels every test point +1: its test error is each seed's own fraction of negatives."""
     from experiments.adam_vs_sgd import min_norm_reference
     for seed in frame["seed"].unique():
-        row = frame[(frame["cfg.data.name"] == "wilson") & (frame["seed"] == seed)].iloc[0]
+        row = frame[(frame["data.name"] == "wilson") & (frame["seed"] == seed)].iloc[0]
         negatives = min_norm_reference(row)["test_negative_fraction"]
-        frame = edit(frame, {"cfg.data.name": "wilson", "optimizer": "adam", "seed": seed}, test_error=negatives,
+        frame = edit(frame, {"data.name": "wilson", "optimizer": "adam", "seed": seed}, test_error=negatives,
                      train_error=0.0, status="done")
     return frame
 
@@ -232,13 +197,13 @@ def test_claim_follows_the_data(name, index, hold, fail, tmp_path_factory):
     import sys
     doc = sys.modules[type(recipe).__module__].__doc__
     numbered = [line for line in doc.splitlines() if line[:2].strip().rstrip(".").isdigit()]
-    assert len(recipe.claims(frame, store)) == len(numbered), "every documented claim is computed, and no other"
+    assert len(judged(recipe, frame, store)) == len(numbered), "every documented claim is computed, and no other"
     held, failed = hold(frame), fail(frame)
     held.attrs, failed.attrs = frame.attrs, frame.attrs
     assert verdict_of(recipe, store, held, index) == "reproduced"
     assert verdict_of(recipe, store, failed, index) == "not reproduced"
     # and on the unedited data the verdict and the per-seed values are what the suite itself wrote
-    again = recipe.claims(frame, store)[index]
+    again = judged(recipe, frame, store)[index]
     assert again["verdict"] == verdict["claims"][index]["verdict"]
     assert again["per_seed"] == pytest.approx(verdict["claims"][index]["per_seed"], nan_ok=True)
 
@@ -249,7 +214,7 @@ def test_seeds_that_disagree_make_a_claim_inconclusive(tmp_path_factory):
     recipe, store, frame, _, _ = smoke("double_descent", tmp_path_factory)
     frame = _curve(frame, *PEAK, seed=0)
     frame = _curve(frame, PEAK[0], [0.1, 0.3, 0.25, 0.15], seed=1)  # widest beats the narrowest at 0, not at 1
-    claim = recipe.claims(frame, store)[2]
+    claim = judged(recipe, frame, store)[2]
     assert claim["per_seed"] == pytest.approx({"0": 0.05, "1": -0.05})
     assert claim["interval"][0] < 0 < claim["interval"][1] and claim["verdict"] == "inconclusive"
     assert claim["seeds_holding"] == 1
@@ -259,7 +224,7 @@ def test_double_descent_without_label_noise_is_judged_on_its_data(tmp_path_facto
     """No label noise: whatever the curve is, the claims are computed from this suite's test errors."""
     from experiments.double_descent import curve, landmarks
     recipe, store, frame, verdict, _ = smoke("double_descent", tmp_path_factory, "data.label_noise=0.0")
-    assert (frame["cfg.data.label_noise"] == 0).all()
+    assert (frame["data.label_noise"] == 0).all()
     claim = verdict["claims"][0]
     assert "label noise 0" in claim["claim"]
     for seed in (0, 1):
@@ -330,7 +295,7 @@ def test_fused_suite_equals_the_suite_run_one_by_one(name, tmp_path_factory):
     equal their one-by-one runs exactly. Every claim's seed-0 value is the same within the tolerance.
     test_fusion_contract_on_both_cpu_kernel_paths runs it again on the kernel path (AVX2 or AVX512) this CPU does
     not take by itself, forced."""
-    from tests.test_fused import EXACT, NUMBERS, close
+    from tests.helpers.fused import EXACT, NUMBERS, close
     recipe, fused_store, frame, fused_verdict, root = smoke(name, tmp_path_factory)
     alone_store = RunStore(root / "alone")
     alone_verdict = run_suite(recipe, "smoke", ["tracking.mode=disabled"], alone_store, root / "alone_reports",
@@ -356,7 +321,7 @@ def test_fused_suite_equals_the_suite_run_one_by_one(name, tmp_path_factory):
                     continue
                 assert close(x, y, 5e-2), (run_id, col, x, y)
                 worst = max(worst, 0.0 if pd.isna(x) else abs(x - y) / max(abs(x), abs(y), 1e-3))
-        alone_only = not bool(frame.loc[frame["run_id"] == run_id, "cfg.trainer.fuse"].iloc[0])
+        alone_only = not bool(frame.loc[frame["run_id"] == run_id, "trainer.fuse"].iloc[0])
         if alone_only:  # the planner left it alone in the fused suite too: the same arithmetic, the same numbers
             assert b["fused_members"] == 1 and not fused_store.status_record(name, run_id).get("group"), run_id
             pd.testing.assert_frame_equal(fa, fb, check_exact=True)

@@ -1,4 +1,5 @@
-"""Every registry entry builds and takes real optimisation steps in a real Lightning Trainer."""
+"""Every registry entry builds, is the component the run uses, and takes real optimisation steps in a real
+Lightning Trainer."""
 import math
 
 import pytest
@@ -8,11 +9,12 @@ from framework.datasets import DATASETS
 
 from framework.data import build_splits
 from framework.losses import LOSSES
-from framework.models import ACTIVATIONS, INITS, MODELS
+from framework.models import ACTIVATIONS, INITS, MODELS, activation_modules, linear_layers
 from framework.optim import OPTIMIZERS, SCHEDULES, effective_lr, lr_factor
 from framework.module import build_module
+from framework.results.measures import steps_per_epoch
 from framework.runner import train
-from tests.conftest import shared_data
+from tests.helpers import shared_data
 
 
 def _steps(cfg, store):
@@ -24,12 +26,29 @@ def _steps(cfg, store):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS.names())
 def test_activations(activation, tiny, store):
-    _steps(tiny(model__activation=activation), store)
+    cfg = tiny(model__activation=activation)
+    used = activation_modules(build_module(cfg).net)
+    named = ACTIVATIONS.get(activation)
+    assert len(used) == cfg.model.depth and all(a is named and type(m) is type(named.build()) for m, a in used)
+    _steps(cfg, store)
+
+
+def _first_weights(cfg) -> torch.Tensor:
+    torch.manual_seed(0)
+    return linear_layers(build_module(cfg).net)[0].weight.detach().clone()
 
 
 @pytest.mark.parametrize("init", INITS.names())
 def test_inits(init, tiny, store):
-    _steps(tiny(model__init=init, model__init_value=0.1), store)
+    """The named init is the one applied: the same seed gives the same weights under it, and other weights under
+    every other init."""
+    cfg = tiny(model__init=init, model__init_value=0.1)
+    mine = _first_weights(cfg)
+    assert torch.equal(mine, _first_weights(cfg))
+    for other in INITS.names():
+        if other != init:
+            assert not torch.equal(mine, _first_weights(tiny(model__init=other, model__init_value=0.1))), other
+    _steps(cfg, store)
 
 
 CONV = ("convnet", "cnn5", "resnet18", "vgg")
@@ -39,7 +58,10 @@ CONV = ("convnet", "cnn5", "resnet18", "vgg")
 @pytest.mark.parametrize("arch", [{}, {"model.residual": True}, {"model.batch_norm": True},
                                   {"model.dropout": 0.3}, {"model.depth": 0}])
 def test_models(model, arch, tiny, store):
-    _steps(tiny(model__name=model, **{k.replace(".", "__"): v for k, v in arch.items()}), store)
+    cfg = tiny(model__name=model, **{k.replace(".", "__"): v for k, v in arch.items()})
+    named = MODELS.get(model)(cfg.model, (6,), 3)
+    assert type(build_module(cfg).net) is type(named)
+    _steps(cfg, store)
 
 
 @pytest.mark.parametrize("model", CONV)
@@ -64,17 +86,31 @@ def test_conv_model_on_flat_data_names_the_problem(tiny):
 
 @pytest.mark.parametrize("loss", LOSSES.names())
 def test_losses(loss, tiny, store):
-    _steps(tiny(loss__name=loss), store)
+    cfg = tiny(loss__name=loss)
+    assert type(build_module(cfg).loss_fn) is type(LOSSES.get(loss)(3))
+    _steps(cfg, store)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS.names())
 def test_optimizers(optimizer, tiny, store):
-    _steps(tiny(optim__name=optimizer, optim__lr=0.01, optim__weight_decay=1e-4), store)
+    """The run steps with the named torch optimizer, at the run's learning rate and hyperparameters."""
+    cfg = tiny(optim__name=optimizer, optim__lr=0.01, optim__weight_decay=1e-4)
+    used = build_module(cfg).configure_optimizers()["optimizer"]
+    named = OPTIMIZERS.get(optimizer)([torch.zeros(1, requires_grad=True)], cfg.optim, 0.01)
+    assert type(used) is type(named) and used.defaults == named.defaults
+    _steps(cfg, store)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES.names())
 def test_schedules(schedule, tiny, store):
-    _steps(tiny(schedule__name=schedule, schedule__warmup_epochs=0.5), store)
+    """The learning rate the run logged at every step is the named schedule's (after its warm-up)."""
+    cfg = tiny(schedule__name=schedule, schedule__warmup_epochs=0.5, trainer__max_epochs=4)
+    summary = _steps(cfg, store)
+    logged = store.read_frame("test", summary["run_id"], "metrics.csv").dropna(subset=["lr"])
+    per_epoch = steps_per_epoch(summary["n_train"], cfg.data.batch_size)
+    factor = lr_factor(cfg.schedule, per_epoch * cfg.trainer.max_epochs, per_epoch)
+    expected = [effective_lr(cfg.optim, cfg.data.batch_size) * factor(int(t)) for t in logged["step"]]
+    assert logged["lr"].tolist() == pytest.approx(expected, rel=1e-6) and len(expected) == summary["steps"]
 
 
 IMAGES = {"mnist": (70000, "MNIST"), "fashion_mnist": (70000, "FashionMNIST"), "cifar10": (140, None),

@@ -11,8 +11,9 @@ import pytest
 from experiments import RECIPES
 from framework.suite import run_suite
 from framework.report import local_frames, wandb_frames
+from framework.results.runs import Runs
 from framework.store import RunStore
-from tests.conftest import repro
+from tests.helpers import repro
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -61,7 +62,7 @@ def test_report_writes_frames_and_versions(reports):
     out = reports / "reports" / "double_descent" / "smoke"
     summary = pd.read_csv(out / "summary.csv")
     history = pd.read_csv(out / "history.csv")
-    assert len(summary) == 4 and {"run_id", "model.width", "seed", "cfg.model.width", "train_error",
+    assert len(summary) == 4 and {"run_id", "model.width", "seed", "train_error",
                                   "test_error"} <= set(summary.columns)  # 4 widths x 1 seed
     assert set(history["run_id"]) == set(summary["run_id"]) and "train/loss" in history
     verdict = json.loads((out / "verdict.json").read_text())
@@ -78,7 +79,7 @@ def test_wandb_offline_files_give_the_same_frames_as_the_run_store(tmp_path, mon
     local_summary, local_history = local_frames(recipe, "smoke", store, overrides)
     wb_summary, wb_history = wandb_frames(recipe, "smoke", store, overrides)
     assert len(wb_summary) == len(local_summary) == 4  # 2 widths x 2 seeds
-    keys = ["run_id", "variant", "model.width", "cfg.model.width", "cfg.data.label_noise", "cfg.optim.lr",
+    keys = ["run_id", "variant", "model.width", "data.label_noise", "optim.lr",
             "train_loss", "train_error", "test_error", "test_loss", "steps", "status"]
     pd.testing.assert_frame_equal(wb_summary[keys].sort_values("run_id").reset_index(drop=True),
                                   local_summary[keys].sort_values("run_id").reset_index(drop=True),
@@ -96,7 +97,7 @@ def test_figure_is_drawn_from_the_data(reports, tmp_path):
 
     def plotted(frame, outdir):
         outdir.mkdir()
-        recipe.figures(frame, store, outdir)
+        recipe.figures(Runs(frame, store=store, experiment=recipe.name), outdir)
         data = json.loads((outdir / "double_descent.data.json").read_text())
         return {line["label"]: line["y"] for line in data[0]["lines"] if line["label"] in ("train", "test")}
     before = plotted(summary, tmp_path / "a")  # the seeds' mean per width (and their band)

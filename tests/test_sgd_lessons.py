@@ -5,38 +5,22 @@ The smoke suites themselves (and their fused-vs-alone equality) run in tests/tes
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from framework.results.runs import row_config
-from framework.store import RunStore
-from tests.test_recipes import edit, smoke
-
-
-def rows(frame, **where):
-    mask = pd.Series(True, index=frame.index)
-    for k, v in where.items():
-        mask &= np.isclose(frame[k].astype(float), v) if isinstance(v, float) else frame[k] == v
-    assert mask.any(), f"no run matches {where}"
-    return frame[mask]
-
-
-def write_metrics(store, name, frame, where: dict, make):
-    """Replace metrics.csv of every run matching `where` by make(row) (a DataFrame with a step column)."""
-    for _, row in rows(frame, **where).iterrows():
-        store.write_frame(name, row["run_id"], "metrics.csv", make(row))
+from tests.helpers.claims import claim_follows_the_data, edit, rows, then as _then, write_metrics
 
 
 # ---- step_size (smoke: bracket lrs 1.7563-2.2776 at kappa 10; gd and heavy ball at kappa 4, 16; MLP lrs 1e-4,
 # 1, 100; scaled inputs raw at 0.001, standardised at 1) -------------------------------------------------------
 
 def _bracket(frame, stable_up_to):
-    for lr in sorted(rows(frame, part="bracket")["cfg.optim.lr"].unique()):
+    for lr in sorted(rows(frame, part="bracket")["optim.lr"].unique()):
         final = 1e-9 if lr <= stable_up_to else 1e9
-        frame = edit(frame, {"part": "bracket", "cfg.optim.lr": float(lr)}, status="done", initial_train_loss=1.0,
+        frame = edit(frame, {"part": "bracket", "optim.lr": float(lr)}, status="done", initial_train_loss=1.0,
                      train_loss=final)
     return frame
 
@@ -45,7 +29,7 @@ def _decay(part, exponent):
     """Full-batch losses falling geometrically with a time constant kappa ** exponent (steps to a tolerance grow
     like kappa ** exponent)."""
     def make(row):
-        tau = float(row["cfg.data.condition"]) ** exponent
+        tau = float(row["data.condition"]) ** exponent
         steps = np.arange(0, 400)
         return pd.DataFrame({"step": steps, "train/loss": np.exp(-steps / tau)})
 
@@ -56,14 +40,14 @@ def _decay(part, exponent):
 
 
 def _mlp(frame, which, **values):
-    lrs = sorted(rows(frame, part="mlp")["cfg.optim.lr"].unique())
+    lrs = sorted(rows(frame, part="mlp")["optim.lr"].unique())
     lr = lrs[0] if which == "smallest" else lrs[-1]
-    return edit(frame, {"part": "mlp", "cfg.optim.lr": float(lr)}, **values)
+    return edit(frame, {"part": "mlp", "optim.lr": float(lr)}, **values)
 
 
 def _scaling(frame, raw, standardised):
-    frame = edit(frame, {"part": "scaling", "cfg.data.standardise": False}, status="done", steps_to_target=raw)
-    return edit(frame, {"part": "scaling", "cfg.data.standardise": True}, status="done", steps_to_target=standardised)
+    frame = edit(frame, {"part": "scaling", "data.standardise": False}, status="done", steps_to_target=raw)
+    return edit(frame, {"part": "scaling", "data.standardise": True}, status="done", steps_to_target=standardised)
 
 
 STEP_SIZE = {
@@ -98,10 +82,10 @@ def _noise_run(variance_exponent=-1.0, b_simple=(50.0, 500.0)):
 
 def _best(frame, best_lr: dict, steps: dict):
     """Steps to target: `steps[B]` at the chosen lr of each batch, twice that at the others."""
-    for b in sorted(rows(frame, part="sweep")["cfg.data.batch_size"].unique()):
-        for lr in rows(frame, part="sweep", **{"cfg.data.batch_size": int(b)})["cfg.optim.lr"].unique():
+    for b in sorted(rows(frame, part="sweep")["data.batch_size"].unique()):
+        for lr in rows(frame, part="sweep", **{"data.batch_size": int(b)})["optim.lr"].unique():
             s = steps[int(b)] * (1 if math.isclose(lr, best_lr[int(b)]) else 2)
-            frame = edit(frame, {"part": "sweep", "cfg.data.batch_size": int(b), "cfg.optim.lr": float(lr)},
+            frame = edit(frame, {"part": "sweep", "data.batch_size": int(b), "optim.lr": float(lr)},
                          status="done", steps_to_target=float(s))
     return frame
 
@@ -147,14 +131,6 @@ def _spread(where: dict, factor: float):
     return apply
 
 
-def _then(*edits):
-    def apply(frame, store):
-        for e in edits:
-            frame, store = e(frame, store)
-        return frame, store
-    return apply
-
-
 def _epoch_losses(constant, cosine):
     def make_for(value):
         return lambda row: pd.DataFrame({"step": [9, 19, 29], "train/loss_epoch": [value] * 3})
@@ -172,7 +148,7 @@ SGD_TEMPERATURE = {
     2: (_then(_spread({"part": "constant"}, 1.0), _spread({"part": "momentum"}, 0.95)),
         _then(_spread({"part": "constant"}, 1.0), _spread({"part": "momentum"}, 3.0))),
     3: (_spread({"part": "constant"}, 1.0),
-        _then(_spread({"part": "constant"}, 1.0), _spread({"part": "constant", "cfg.data.batch_size": 16}, 3.0))),
+        _then(_spread({"part": "constant"}, 1.0), _spread({"part": "constant", "data.batch_size": 16}, 3.0))),
     4: (_epoch_losses(0.1, 0.001), _epoch_losses(0.001, 0.1)),
 }
 
@@ -184,22 +160,3 @@ CASES = [(name, i, hold, fail) for name, table in [("step_size", STEP_SIZE), ("g
 @pytest.mark.parametrize("name, index, hold, fail", CASES, ids=[f"{c[0]}-claim{c[1] + 1}" for c in CASES])
 def test_claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path):
     claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path)
-
-
-def claim_follows_the_data(name, index, hold, fail, tmp_path_factory, tmp_path):
-    """Claim `index` of recipe `name`: reproduced on the smoke store edited by `hold`, not reproduced on it
-    edited by `fail` (each a function of (frame, store copy) -> (frame, store)), as written on it unedited."""
-    import sys
-    recipe, store, frame, verdict, _ = smoke(name, tmp_path_factory)
-    doc = sys.modules[type(recipe).__module__].__doc__
-    numbered = [line for line in doc.splitlines() if line[:2].strip().rstrip(".").isdigit()]
-    assert len(recipe.claims(frame, store)) == len(numbered), "every documented claim is computed, and no other"
-    for edit_with, expected, where in ((hold, "reproduced", "held"), (fail, "not reproduced", "failed")):
-        copy = RunStore(tmp_path / where)
-        shutil.copytree(store.root, copy.root)
-        edited, copy = edit_with(frame.copy(), copy)
-        edited.attrs = frame.attrs
-        assert recipe.claims(edited, copy)[index]["interval_verdict"] == expected, recipe.claims(edited, copy)[index]
-    again = recipe.claims(frame, store)[index]  # unedited: what the suite itself wrote
-    assert again["verdict"] == verdict["claims"][index]["verdict"]
-    assert again["per_seed"] == pytest.approx(verdict["claims"][index]["per_seed"], nan_ok=True)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from framework.store import RunStore
-from tests.conftest import ROOT, repro
+from tests.helpers import ROOT, repro
 
 SUITE = ["double_descent", "--scale", "smoke", "grid.model.width=[4,8]", "tracking.mode=disabled", "--seeds", "1"]
 OVERRIDES = SUITE[3:-2]  # the signals are the subject here, not seeds: one seed per grid point

@@ -19,7 +19,7 @@ from framework.runner import train
 from framework.locks import RunBusy
 from framework.store import RunStore
 from framework.files import StoreError, atomic_write
-from tests.conftest import repro
+from tests.helpers import repro
 
 
 def _strict(text: str):
@@ -35,7 +35,7 @@ def test_two_concurrent_suites_train_each_run_once(tmp_path):
     exactly once, and each run's metrics equal to a single process's."""
     import subprocess
     import sys
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
     # one seed, one run at a time: the store's locks are the subject (a process that finds half a fused group
     # locked trains the rest as another group, whose float32 rounding differs from a single process's group)
     args = [sys.executable, "-m", "framework.cli", "run", "vanishing_gradients", "--scale", "smoke", "--seeds", "1",

@@ -14,7 +14,7 @@ import pytest
 
 from framework.config import config_hash
 from framework.store import RunStore
-from tests.conftest import ROOT, repro
+from tests.helpers import ROOT, repro
 
 DD = ["double_descent", "--scale", "smoke", "grid.model.width=[4]", "tracking.mode=disabled", "--seeds", "1"]
 
@@ -239,15 +239,15 @@ def test_claims_of_runs_that_never_trained_are_not_judged():
     frame = pd.DataFrame({"seed": [0, 0, 1, 1, 2, 2], "status": ["done"] * 6, "diverged_step": [None] * 6,
                           "initial_train_loss": [2.3] * 6, "value": [0.9] * 6})
 
-    def measure(runs, store):
+    def measure(runs):
         return [Claim("c", "ref", "value", float(runs["value"].mean()), above(0.5))]
 
-    assert judge(measure, frame, None)[0]["verdict"] == "reproduced"
+    assert judge(measure, frame)[0]["verdict"] == "reproduced"
     never = frame.assign(status="diverged", diverged_step=0)
-    out = judge(measure, never, None)[0]
+    out = judge(measure, never)[0]
     assert out["verdict"] == "inconclusive" and all(v != v for v in out["per_seed"].values())
     nan_start = frame.assign(initial_train_loss=float("nan"))
-    assert judge(measure, nan_start, None)[0]["verdict"] == "inconclusive"
+    assert judge(measure, nan_start)[0]["verdict"] == "inconclusive"
 
 
 # ---- 7. repro sync against the installed wandb -------------------------------------------------------------------

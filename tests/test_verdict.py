@@ -62,11 +62,11 @@ def test_judge_measures_each_seed_on_its_own_runs():
     runs = pd.DataFrame({"seed": [3, 3, 4, 4], "width": [8, 16, 8, 16], "test_error": [0.3, 0.2, 0.25, 0.1]})
     seen = []
 
-    def measure(part, store):
+    def measure(part):
         seen.append(sorted(part["seed"].unique()))
         drop = part.sort_values("width")["test_error"].diff().iloc[-1]
         return [Claim("error falls with width", "paper", "error drop", -drop, above(0.0), {})]
-    (claim,) = judge(measure, runs, None)
+    (claim,) = judge(measure, runs)
     assert seen == [[3], [4]]
     assert claim["per_seed"] == pytest.approx({"3": 0.1, "4": 0.15}) and claim["verdict"] == "inconclusive"
     assert claim["interval_verdict"] == "reproduced" and claim["too_few_seeds"]
