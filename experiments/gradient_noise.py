@@ -41,8 +41,8 @@ import pandas as pd
 from experiments import RECIPES
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
-from framework.results.runs import Runs
 from framework.results.measures import best_rate, critical_batch, log_crossing, loglog_slope
+from framework.results.runs import Runs
 from framework.verdict import Claim, above, within
 
 SLOPE_VAR = (-1.1, -0.9)  # the notes' band around McCandlish et al.'s exact -1

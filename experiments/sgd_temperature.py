@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 from experiments import RECIPES
+from framework.config import DataConfig
+from framework.data import build_splits
 from framework.optim import lr_factor
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
@@ -60,8 +62,6 @@ def target_spread(cfg) -> tuple[float, int]:
 
 @lru_cache(maxsize=64)
 def _target_spread(data_items: tuple) -> tuple[float, int]:
-    from framework.config import DataConfig
-    from framework.data import build_splits
     y = build_splits(DataConfig(**dict(data_items))).y_train.double()
     return float(y.var(unbiased=False)), len(y)
 

@@ -19,12 +19,30 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-
 from framework import cli_tools  # noqa: F401  (registers submit, status, sync, bench and worker on the app)
-from framework.cli_common import (EXIT_BAD_INPUT, EXIT_RUNS_FAILED, SEED_BASE_HELP, SEEDS_HELP, YES_HELP,
-                                  _check_fuse, _check_runs_dir, _confirm, _fail, _full, _names, _print_failures,
-                                  _recipes, _seed_options, _stopped, app, console, err, print_verdicts,
-                                  write_verdict_table)
+from framework.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_RUNS_FAILED,
+    SEED_BASE_HELP,
+    SEEDS_HELP,
+    YES_HELP,
+    _check_fuse,
+    _check_runs_dir,
+    _confirm,
+    _fail,
+    _full,
+    _names,
+    _print_failures,
+    _recipes,
+    _seed_options,
+    _stopped,
+    app,
+    command_line,
+    console,
+    err,
+    print_verdicts,
+    write_verdict_table,
+)
 from framework.registry import UserError
 
 
@@ -47,10 +65,10 @@ def run(
     yes: bool = typer.Option(False, "--yes", help=YES_HELP),
 ):
     """Run a recipe's suite (finished runs are skipped), then print its verdict and write its figures."""
-    from framework.preemption import SIGNALS, Stop
-    from framework.suite import run_suite
-    from framework.store import RunStore
     from framework.files import StoreFull, disk_full
+    from framework.preemption import SIGNALS, Stop
+    from framework.store import RunStore
+    from framework.suite import run_suite
     _confirm(yes)
     try:
         _check_runs_dir(runs_dir)
@@ -69,7 +87,8 @@ def run(
                      "--runs-dir", str(runs_dir), "--reports-dir", str(reports_dir), "--fuse", fuse,
                      "--fuse-max", str(fuse_max), *(["--seeds", str(seeds)] if seeds is not None else []),
                      "--seed-base", str(seed_base), "--workers", "1"]
-            _run_side_by_side(names, child, reports_dir, scale, workers or default_workers())
+            _run_side_by_side(names, child, reports_dir, scale, workers or default_workers(),
+                              command_line("run", experiment, overrides, scale, seeds, seed_base))
             return
         verdicts = []
         with SIGNALS.owned():  # for the whole command: between recipes too
@@ -85,7 +104,8 @@ def run(
         if is_lead_process():
             print_verdicts(verdicts)
             if experiment == "all":
-                write_verdict_table(verdicts, reports_dir)
+                write_verdict_table(verdicts, reports_dir, command_line("run", experiment, overrides, scale, seeds,
+                                                                        seed_base))
     except UserError as e:
         _fail(e)
     except Stop as e:
@@ -98,10 +118,12 @@ def run(
         raise typer.Exit(EXIT_RUNS_FAILED)
 
 
-def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, scale: Optional[str], workers: int):
+def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, scale: Optional[str], workers: int,
+                      command: str):
     """`run all` with `workers` recipes at once (framework/workers.py); the same verdict table, failures and exit
     status as one after another."""
     import time
+
     from framework.workers import read_verdict, run_side_by_side
     started = time.time()
     codes, stop = run_side_by_side(names, child, reports_dir / "logs", workers, console,
@@ -115,7 +137,7 @@ def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, sca
             verdicts.append(v)
     if verdicts:
         print_verdicts(verdicts)
-        write_verdict_table(verdicts, reports_dir)
+        write_verdict_table(verdicts, reports_dir, command)
     failures = _print_failures(verdicts)
     stopped = [c for c in codes.values() if c >= 128]
     if stop is not None or stopped:
@@ -149,7 +171,8 @@ def report(
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
 ):
     """DataFrames (CSV), paper-style figures (PNG, PDF) and HTML reports from runs already trained."""
-    from framework.report import NoRuns, log_report_run, report as report_one, write_index
+    from framework.report import NoRuns, log_report_run, write_index
+    from framework.report import report as report_one
     from framework.store import RunStore
     try:
         seeding = _seed_options(seeds, seed_base)
@@ -181,7 +204,8 @@ def report(
             console.print(f"wrote {write_index([known[n] for n in recipes.names() if n in known], reports_dir)}")
         print_verdicts(verdicts)
         if experiment == "all":
-            write_verdict_table(verdicts, reports_dir)
+            write_verdict_table(verdicts, reports_dir, command_line("report", experiment, overrides, scale, seeds,
+                                                                    seed_base))
     except UserError as e:
         _fail(e)
     if _print_failures(verdicts):

@@ -4,11 +4,11 @@ options' checks and the verdict table."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -138,23 +138,16 @@ def _one_line(text) -> str:
     return lines[0][:300] if lines else "unknown error"
 
 
-def command_line() -> str:
-    """The running command as typed, rebuilt from its parsed parameters (sys.argv is another program's under a
-    test runner, and a forked `run all` child's is its parent's): what reports/verdicts.md says produced it."""
-    ctx = click.get_current_context()
-    words = ["repro", ctx.info_name]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if isinstance(param, click.Argument):
-            words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
-        elif value is not None and value != param.default:
-            words += [param.opts[0]] if value is True else [param.opts[0], str(value)]
-    return " ".join(words)
+def command_line(command: str, experiment: str, overrides, scale, seeds, seed_base) -> str:
+    """The command that produced a verdict table, as one would type it again (the options that change verdicts)."""
+    words = ["repro", command, experiment, *(overrides or []), *(["--scale", scale] if scale else []),
+             *(["--seeds", str(seeds)] if seeds is not None else []), *(["--seed-base", str(seed_base)] if seed_base else [])]
+    return shlex.join(words)
 
 
-def write_verdict_table(verdicts: list[dict], reports_dir: Path) -> None:
+def write_verdict_table(verdicts: list[dict], reports_dir: Path, command: str) -> None:
     """reports/verdicts.md from the verdicts of every recipe just run or reported (`run all`, `report all`)."""
     from framework.tracking import code_version
     from framework.verdict_table import write
     if verdicts:
-        console.print(f"wrote {write(verdicts, reports_dir, command_line(), code_version())}")
+        console.print(f"wrote {write(verdicts, reports_dir, command, code_version())}")

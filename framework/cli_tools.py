@@ -12,8 +12,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from framework.cli_common import (SEED_BASE_HELP, SEEDS_HELP, YES_HELP, _check_fuse, _confirm, _fail, _recipes,
-                                  _seed_options, app, console)
+from framework.cli_common import (
+    SEED_BASE_HELP,
+    SEEDS_HELP,
+    YES_HELP,
+    _check_fuse,
+    _confirm,
+    _fail,
+    _recipes,
+    _seed_options,
+    app,
+    console,
+)
 from framework.registry import UserError
 
 
@@ -96,6 +106,7 @@ def sync(runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")
          dry_run: bool = typer.Option(False, "--dry-run", help="list what wandb would upload; upload nothing")):
     """Upload offline W&B runs (training runs and report runs) with `wandb sync` once you are online."""
     import subprocess
+
     from framework.tracking import _has_api_key
     folders = offline_folders(runs_dir, reports_dir)
     if not folders:
@@ -121,7 +132,8 @@ def bench(
                                                      "markdown file (e.g. reports/benchmarks.md)"),
 ):
     """Samples/s of the framework's training step against a plain PyTorch loop (same model, data, batch, process)."""
-    from framework.bench import cases as benchmark, fused as fused_bench
+    from framework.bench import cases as benchmark
+    from framework.bench import fused as fused_bench
     from framework.overrides import parse_overrides
     try:
         if size not in benchmark.SIZES:

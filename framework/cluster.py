@@ -19,14 +19,16 @@ from string import Template
 import yaml
 
 from framework.config import config_hash, to_dict
-
-from framework.overrides import from_dict
-from framework.registry import UserError, suggest
-from framework.store import RunStore
 from framework.files import atomic_write
-from framework.locks import describe_owner
-
+from framework.grid import Run
+from framework.locks import RunBusy, describe_owner
+from framework.overrides import from_dict
+from framework.planner import plan_suite
+from framework.preemption import SIGNALS, Stop
+from framework.registry import UserError, suggest
 from framework.resources import resource_dir
+from framework.runner import train_group
+from framework.store import RunStore
 
 SLURM_DIR = resource_dir("slurm")
 PROFILE_KEYS = {"partition", "account", "time", "gpus_per_task", "cpus_per_task", "mem", "pack", "max_parallel",
@@ -110,7 +112,6 @@ def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dr
     """Submits the suite's runs that are not finished, not owned by a live process (their lock) and not
     pending or running in an earlier submission's array; each fused group (framework/planner.py) is one array
     task, and an array task trains its runs as the same groups."""
-    from framework.planner import plan_suite
     all_runs = recipe.runs(scale, overrides, seeds, seed_base)
     queued = queued_runs(store, recipe.name)
     runs = [r for r in all_runs if store.unusable(r.cfg, r.run_id) is not None and r.run_id not in queued
@@ -154,12 +155,6 @@ def work(manifest_path: Path, task: int) -> int:
     """One array task: train its pack of runs in order (finished ones are skipped, ones another live process
     owns are left to it). Returns an exit code: 0, 1 when a run failed, 128 + signal when a signal stopped it
     (0 when SLURM requeues the task: the requeued task resumes from the checkpoint)."""
-    from framework.preemption import SIGNALS, Stop
-    from framework.registry import UserError
-    from framework.planner import plan_suite
-    from framework.grid import Run
-    from framework.runner import train_group
-    from framework.locks import RunBusy
     manifest = json.loads(Path(manifest_path).read_text())
     store = RunStore(manifest["runs_dir"])
     runs = [Run(from_dict(c), {}) for c in manifest["tasks"][task]]

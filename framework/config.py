@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 
 
-
 @dataclass
 class DataConfig:
     name: str = "digits"            # registry: framework.datasets.DATASETS (digits, mnist, fashion_mnist, cifar10, ...)

@@ -16,8 +16,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from framework.registry import Registry, UserError
 from framework.datasets import DATASETS
+from framework.registry import Registry, UserError
 
 
 @dataclass

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from framework.fused_layers import FusedBatchNorm, FusedDropout, fuse_nets, member_state
 from framework.losses import LOSSES
 from framework.optim_build import build_optimizer, schedules
-from framework.fused_layers import FusedBatchNorm, FusedDropout, fuse_nets, member_state
 
 
 class Member:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from framework.files import StoreError
+from framework.preemption import slurm_job_id
 
 
 class RunBusy(Exception):
@@ -51,7 +52,6 @@ class RunLock:
         return float(os.environ.get("REPRO_LOCK_STALE_S", 120))
 
     def owner_record(self) -> dict:
-        from framework.preemption import slurm_job_id
         return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
                 "slurm_job": slurm_job_id(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": self.token}

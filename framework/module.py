@@ -11,11 +11,13 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from framework.config import ModelConfig, RunConfig
+from framework.data import build_splits
+from framework.datasets import input_shape
 from framework.losses import LOSSES
 from framework.nets import build_model
 from framework.optim_build import build_optimizer
-from framework.results.measures import steps_per_epoch
 from framework.registry import UserError
+from framework.results.measures import steps_per_epoch
 
 
 class ReproModule(pl.LightningModule):
@@ -165,7 +167,6 @@ def _count(model_items: tuple, in_shape: tuple[int, ...], n_outputs: int) -> int
 
 def check_model_size(cfg: RunConfig) -> int:
     """Refuses, before anything is allocated, a model whose parameter memory exceeds the machine's."""
-    from framework.datasets import input_shape
     in_shape, n_outputs = input_shape(cfg.data)
     n = count_parameters(cfg.model, tuple(in_shape), int(n_outputs))
     need = n * BYTES_PER_PARAMETER
@@ -182,7 +183,6 @@ def check_model_size(cfg: RunConfig) -> int:
 def build_module(cfg: RunConfig, splits=None) -> ReproModule:
     """The factory. `splits` is built from cfg.data when not given (it sets the input and output sizes)."""
     if splits is None:
-        from framework.data import build_splits
         splits = build_splits(cfg.data)
     per_epoch = steps_per_epoch(len(splits.x_train), cfg.data.batch_size)
     return ReproModule(cfg, splits.in_shape, splits.n_outputs, splits.n_classes, splits.signed, per_epoch)

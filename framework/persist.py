@@ -15,14 +15,14 @@ import pandas as pd
 import torch
 
 from framework.config import RunConfig, dump_yaml
+from framework.files import StoreError, StoreFull, atomic_write, disk_full
+from framework.locks import RunLock
 from framework.optim import effective_lr
 from framework.preemption import SIGNALS, Preempted, Stop
 from framework.process import compute_label
 from framework.registry import UserError
 from framework.results.measures import diagnostics_summary, epochs_to_target, fit_step, last_epoch_loss, steps_to_target
-from framework.locks import RunLock
 from framework.store import RunStore
-from framework.files import StoreError, StoreFull, atomic_write, disk_full
 
 
 def tidy_metrics(csv_dir: Path) -> pd.DataFrame:

@@ -15,7 +15,11 @@ import math
 
 import torch
 
-from framework.config import RunConfig, flatten, in_identity_exempt, to_dict
+from framework.config import DataConfig, ModelConfig, RunConfig, flatten, in_identity_exempt, to_dict
+from framework.datasets import input_shape
+from framework.fused_layers import FUSED_LAYERS, structure
+from framework.module import BYTES_PER_PARAMETER, available_memory
+from framework.nets import build_model
 
 FUSE_MODES = ("auto", "off")
 FUSE_MAX = 16
@@ -46,10 +50,6 @@ def alone_because(cfg: RunConfig) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def _structure_of(model_json: str, data_json: str) -> tuple | None:
-    from framework.config import DataConfig, ModelConfig
-    from framework.datasets import input_shape
-    from framework.fused_layers import FUSED_LAYERS, structure
-    from framework.nets import build_model
     in_shape, n_out = input_shape(DataConfig(**json.loads(data_json)))
     with torch.device("meta"):
         net = build_model(ModelConfig(**json.loads(model_json)), tuple(in_shape), int(n_out))
@@ -78,9 +78,6 @@ def fusion_key(cfg: RunConfig) -> str | None:
 def member_bytes(cfg: RunConfig) -> int:
     """A member's memory in a group: weights, gradients and two optimizer moments, and the activations of one
     batch kept for backward (each layer's output, twice for the activation and its gradient)."""
-    from framework.datasets import input_shape
-    from framework.nets import build_model
-    from framework.module import BYTES_PER_PARAMETER
     in_shape, n_out = input_shape(cfg.data)
     with torch.device("meta"):
         net = build_model(cfg.model, tuple(in_shape), int(n_out))
@@ -95,7 +92,6 @@ def member_bytes(cfg: RunConfig) -> int:
 
 
 def group_cap(cfg: RunConfig, fuse_max: int) -> int:
-    from framework.module import available_memory
     have, _ = available_memory(cfg.trainer.accelerator)
     return max(1, min(fuse_max, int(MEMORY_SHARE * have // max(1, member_bytes(cfg)))))
 

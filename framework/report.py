@@ -15,14 +15,15 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from framework.config import flatten
-from framework.recipe import Recipe
-from framework.suite import claims_or_error
-from framework.results.runs import Runs, runs_frame
-from framework.registry import UserError
-from framework.store import RunStore
+from framework.config import RunConfig, flatten
 from framework.files import atomic_write, strict_json
-from framework.tracking import code_version
+from framework.plots import save, sns_setup
+from framework.recipe import Recipe
+from framework.registry import UserError
+from framework.results.runs import Runs, runs_frame
+from framework.store import RunStore
+from framework.suite import claims_or_error
+from framework.tracking import code_version, wandb_mode
 from framework.wandb_files import offline_runs, read_run
 
 
@@ -49,7 +50,6 @@ def wandb_history(run: dict) -> pd.DataFrame:
 def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seeds=None, seed_base=0,
                  project: str | None = None):
     """The same frames from W&B: through wandb.Api when online, else from the offline run files in the store."""
-    from framework.tracking import wandb_mode
     runs = recipe.runs(scale, list(overrides), seeds, seed_base)
     if runs and wandb_mode(runs[0].cfg) == "online":
         return _api_frames(recipe, runs, project or runs[0].cfg.tracking.project, runs[0].cfg.tracking.entity, store)
@@ -114,7 +114,6 @@ def versions() -> dict[str, str]:
 
 def diagnostics_figure(summary: Runs, outdir: Path) -> list[Path]:
     """What a user looks at when a run goes wrong: loss curves, first/last-layer gradient norms, saturation."""
-    from framework.plots import save, sns_setup
     sns, plt = sns_setup()
     curves, diag = summary.curves(), summary.curves("diagnostics.csv")
     if curves.empty and diag.empty:
@@ -258,8 +257,6 @@ def log_report_run(verdict: dict, outdir: Path, project: str = "repro") -> None:
     import os
 
     import wandb
-    from framework.config import RunConfig
-    from framework.tracking import wandb_mode
     os.environ.setdefault("WANDB_SILENT", "true")
     mode = wandb_mode(RunConfig())
     if mode == "disabled":

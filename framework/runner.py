@@ -17,12 +17,12 @@ from framework.data import TensorDataModule, build_splits
 from framework.diagnostics import Diagnostics
 from framework.fused import FusedModule, fused_steps
 from framework.fused_data import FusedDataModule
+from framework.locks import RunBusy, RunLock
 from framework.module import build_module
 from framework.persist import Member, group_checkpoint, persist, prepare_store, record_stop
 from framework.preemption import SIGNALS, Preemption
 from framework.probes import Probes
 from framework.process import build_trainer, is_lead_process, quiet_lightning, set_threads
-from framework.locks import RunBusy, RunLock
 from framework.store import RunStore
 from framework.tracking import make_wandb_logger
 

@@ -18,8 +18,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from framework.config import SAFE_NAME  # the one rule for a name that becomes a folder (validate uses it too)
+from framework.config import (
+    SAFE_NAME,  # the one rule for a name that becomes a folder (validate uses it too)
+    flatten,
+    in_identity_exempt,
+    to_dict,
+)
 from framework.files import StoreError, _hint, atomic_write, read_csv_file, read_json_file, strict_json
 from framework.locks import RunLock, read_lock
 from framework.registry import UserError
@@ -145,7 +151,6 @@ class RunStore:
         """The config stored with a run is the config asked for today. Keys it did not store (options added
         since) are taken at their default; a key whose value differs means a default changed (or config.yaml was
         edited) under the same hash: stop, rather than label old numbers with today's config."""
-        from framework.config import flatten, in_identity_exempt, to_dict
         stored = flatten(self.stored_config(cfg.experiment, run_id))
         today = flatten(to_dict(cfg))
         diffs = [(k, stored[k], v) for k, v in today.items()
@@ -208,7 +213,6 @@ class RunStore:
         return self.read_json(experiment, run_id, "summary.json")
 
     def stored_config(self, experiment: str, run_id: str) -> dict:
-        import yaml
         path = self.run_dir(experiment, run_id) / "config.yaml"
         if not path.exists():
             return {}

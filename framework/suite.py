@@ -7,6 +7,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from framework.files import atomic_write, strict_json
+from framework.locks import RunBusy, describe_owner
 from framework.planner import FUSE_MAX, plan_suite
 from framework.preemption import SIGNALS
 from framework.process import is_lead_process
@@ -14,9 +16,7 @@ from framework.recipe import Recipe
 from framework.registry import UserError
 from framework.results.runs import runs_frame
 from framework.runner import train_group
-from framework.locks import RunBusy, describe_owner
 from framework.store import RunStore
-from framework.files import atomic_write, strict_json
 from framework.tracking import code_version, wandb_mode
 
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from framework.config import RunConfig, to_dict
+from framework.registry import UserError
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -55,7 +56,6 @@ def wandb_mode(cfg: RunConfig) -> str:
         # 60 s, per run, then fails each with an error naming another run)
         why = "no W&B API key (run `wandb login` or set WANDB_API_KEY)" if not _has_api_key() else \
             "the W&B server {}:{} cannot be reached from this machine".format(*wandb_server())
-        from framework.registry import UserError
         raise UserError(f"tracking.mode=online: {why}; use tracking.mode=offline and `repro sync` later, or "
                         f"tracking.mode=auto (online when it can be, else offline)")
     return mode
@@ -99,8 +99,8 @@ def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = 
     if mode == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
-    from pytorch_lightning.loggers import WandbLogger
     import wandb
+    from pytorch_lightning.loggers import WandbLogger
     _read_requirements_once()
 
     tags = list(dict.fromkeys([cfg.experiment, *( [scale] if scale else []), *cfg.tracking.tags]))

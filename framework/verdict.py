@@ -22,6 +22,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from scipy import stats
+
 from framework.results.measures import never_trained
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
@@ -109,8 +112,6 @@ MIN_SEEDS = 3
 def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
     """Percentile-bootstrap interval for the mean of the per-seed values (nan with fewer than two). Infinite values
     (a quantity never reached, as an underflowed gradient's log) give the range of the values instead."""
-    import numpy as np
-    from scipy import stats
     xs = [v for v in values if not math.isnan(v)]
     if len(xs) < 2:
         return math.nan, math.nan

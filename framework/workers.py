@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from framework.files import read_json_file
 from framework.preemption import STOPS
 
 # Wall seconds each recipe took at its cpu scale on the 2-core reference machine, two side by side (reports/
@@ -81,9 +82,10 @@ def _import_once() -> None:
     """What every suite imports, imported here once so that each forked child starts with it."""
     import pytorch_lightning  # noqa: F401
     import wandb  # noqa: F401
+
     import experiments  # noqa: F401
-    import framework.suite  # noqa: F401
     import framework.runner  # noqa: F401
+    import framework.suite  # noqa: F401
 
 
 def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Path, handlers: dict) -> int:
@@ -118,7 +120,6 @@ def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Pa
 def read_verdict(path: Path, since: float) -> dict | None:
     """A child's verdict.json, if it wrote one after `since` (an older file is a previous command's); a damaged one
     is named (StoreError)."""
-    from framework.files import read_json_file
     if not path.exists() or path.stat().st_mtime < since:
         return None
     return read_json_file(path)

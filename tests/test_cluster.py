@@ -5,6 +5,7 @@ Needs root to start SLURM (as in CI); elsewhere the SLURM tests skip with that r
 import json
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -12,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from framework.config import config_hash
+from framework.files import atomic_write
 from framework.preemption import Preempted
 from framework.runner import train
 from framework.store import RunStore
-from framework.files import atomic_write
 from tests.helpers import ROOT, cli, repro
 from tests.helpers.signals import SignalAt
 
+pytestmark = pytest.mark.xdist_group("slurm")  # one local SLURM, started once, by one test worker
 QUICK = ["tracking.mode=disabled", "trainer.accelerator=cpu"]
 ONE = ["--seeds", "1"]  # these tests are about the cluster, not seeds: one seed per grid point keeps them short
 
@@ -230,7 +232,12 @@ def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_
     slow = [*QUICK, "trainer.max_epochs=300"]  # long enough to be still queued or running at the second submit
     first = repro("submit", "double_descent", "--scale", "smoke", *ONE, *slow, "--runs-dir", str(runs_dir), env=slurm)
     assert first.returncode == 0 and "4 runs in 4 array tasks" in first.stdout, first.stderr
+    # held in SLURM's queue (a task already started keeps running) while the second submit looks: however slowly
+    # that command starts on a loaded machine, the first job's runs are then pending or running, never finished
+    job = re.search(r"submitted job (\d+)", first.stdout).group(1)
+    subprocess.run(["scontrol", "hold", job], capture_output=True)  # fails only for tasks already running
     second = repro("submit", "double_descent", "--scale", "smoke", *ONE, *slow, "--runs-dir", str(runs_dir), env=slurm)
+    subprocess.run(["scontrol", "release", job], capture_output=True)
     assert second.returncode == 0, second.stderr
     assert "nothing to submit" in second.stdout and "pending or running" in second.stdout, second.stdout
     assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1
@@ -244,6 +251,7 @@ def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_
 def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
     """Each fused group is one array task; the cluster's runs equal the same suite's runs trained here."""
     import re
+
     from experiments import RECIPES
     from framework.suite import run_suite
     runs_dir = tmp_path / "runs"

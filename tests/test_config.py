@@ -2,7 +2,6 @@
 import pytest
 
 from framework.config import RunConfig, config_hash
-
 from framework.overrides import apply, parse_overrides
 from framework.registry import UserError
 from tests.helpers import cli, repro
@@ -119,6 +118,7 @@ def test_a_typed_override_wins_over_a_grid_bundle():
 
 def _configs(tmp_path, name: str, text: str):
     import shutil
+
     from tests.helpers import ROOT
     folder = tmp_path / "configs"
     shutil.copytree(ROOT / "configs", folder)
@@ -148,6 +148,7 @@ def test_a_broken_recipe_yaml_is_one_line_naming_the_file(text, must_name, tmp_p
 
 def test_optimizers_use_their_documented_hyperparameters():
     import torch
+
     from framework.optim import OPTIMIZERS
     cfg = apply(RunConfig(), {"optim.momentum": 0.5, "optim.eps": 1e-3})
     params = [torch.nn.Parameter(torch.zeros(2))]
@@ -169,6 +170,7 @@ def test_ddp_shares_of_a_batch_are_equal_or_refused():
 
 def test_threads_come_from_the_config_then_slurm_then_one(monkeypatch):
     import torch
+
     from framework.process import set_threads
     before = torch.get_num_threads()
     try:

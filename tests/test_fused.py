@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from framework.config import config_hash
+from framework.grid import Run
 from framework.planner import plan, plan_suite
 from framework.preemption import Preempted
-from framework.grid import Run
 from framework.runner import train, train_group
 from framework.store import RunStore
 from tests.helpers import cli, repro
 from tests.helpers.fused import assert_same_run
 from tests.helpers.signals import SignalAt
+
 
 def members(tiny, big_lr=1e4, **shared):
     """Four runs of one shape: a seed x lr sweep with a diverging member and an early-stopping member."""
@@ -137,7 +138,7 @@ def test_planner_caps_a_group_by_memory(tiny, monkeypatch):
     import framework.planner as planner
     runs = [Run(tiny(seed=s), {}) for s in range(8)]
     per_member = planner.member_bytes(runs[0].cfg)
-    monkeypatch.setattr("framework.module.available_memory", lambda acc: (int(3.5 * per_member / 0.5), "RAM"))
+    monkeypatch.setattr("framework.planner.available_memory", lambda acc: (int(3.5 * per_member / 0.5), "RAM"))
     assert max(len(g) for g in plan(runs, "auto", fuse_max=16)) == 3
 
 

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from framework.config import RunConfig
-
 from framework.overrides import apply
 from framework.runner import train
 from framework.store import RunStore
-from tests.helpers.claims import claim_follows_the_data, edit, rows, then as _then, write_metrics
-
+from tests.helpers.claims import claim_follows_the_data, edit, rows, write_metrics
+from tests.helpers.claims import then as _then
 
 # ---- initialisation (smoke: variance nets of 8 hidden layers; symmetry, deep_relu and output parts) -------------
 
@@ -281,6 +280,7 @@ def test_held_out_probes_log_what_evaluate_says(tmp_path):
     """probe_test logs the whole validation and test splits' loss and error at every probe; the first probe
     (step 0, before any update) equals what evaluate says of a net built as the run builds its own."""
     import pytorch_lightning as pl
+
     from framework.data import build_splits
     from framework.module import build_module
     values = {"model.width": 16, "trainer.max_epochs": 2, "diagnostics.probe_every": 5,

@@ -11,16 +11,15 @@ import pytorch_lightning as pl
 import torch
 
 from framework.config import DataConfig, ModelConfig, RunConfig
-
-from framework.overrides import apply
 from framework.curvature import full_hessian, top_eigenvalue
 from framework.data import Splits, TensorDataModule, build_splits
 from framework.diagnostics import Diagnostics
 from framework.gradstats import gradient_moments, minibatch_variance, per_example_grads
 from framework.losses import LOSSES
 from framework.models import activation_modules, linear_layers
-from framework.nets import build_model
 from framework.module import build_module
+from framework.nets import build_model
+from framework.overrides import apply
 from framework.results.measures import epochs_to_target, steps_to_target
 from framework.runner import train, train_group
 from framework.store import RunStore

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from experiments import RECIPES
-from framework.suite import run_suite
 from framework.store import RunStore
+from framework.suite import run_suite
 from tests.helpers import repro
 from tests.helpers.claims import edit, judged, smoke, verdict_of
+
 
 @pytest.mark.parametrize("name", ["random_labels", "double_descent", "lr_scaling", "adam_vs_sgd", "step_size",
                                   "gradient_noise", "sgd_temperature", "initialisation", "edge_of_stability",
@@ -349,6 +350,7 @@ def test_fusion_contract_on_both_cpu_kernel_paths(capability):
     import os
     import subprocess
     import sys
+
     import torch
     native = torch.backends.cpu.get_cpu_capability()
     if capability.upper() == native:

@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
-from framework.datasets import DATASETS
-
 from framework.data import build_splits
+from framework.datasets import DATASETS
 from framework.losses import LOSSES
 from framework.models import ACTIVATIONS, INITS, MODELS, activation_modules, linear_layers
-from framework.optim import OPTIMIZERS, SCHEDULES, effective_lr, lr_factor
 from framework.module import build_module
+from framework.optim import OPTIMIZERS, SCHEDULES, effective_lr, lr_factor
 from framework.results.measures import steps_per_epoch
 from framework.runner import train
 from tests.helpers import shared_data

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from experiments import RECIPES
-from framework.suite import run_suite
 from framework.report import local_frames, wandb_frames
 from framework.results.runs import Runs
 from framework.store import RunStore
+from framework.suite import run_suite
 from tests.helpers import repro
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,6 +37,23 @@ def reports(tmp_path_factory):
     r = repro("report", "all", *common, "tracking.mode=disabled", "--no-wandb-run")
     assert r.returncode == 0, r.stderr[-2000:]
     return root
+
+
+def test_report_all_writes_the_verdict_table(reports):
+    """reports/verdicts.md is the tool's: the command that made it, and one row per claim of every recipe, each
+    with the mean and verdict its verdict.json holds."""
+    table = (reports / "reports" / "verdicts.md").read_text()
+    assert "by `repro report all tracking.mode=disabled --scale smoke --seeds 1`" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "recipe [scale]" not in line]
+    expected = 0
+    for name in RECIPES.names():
+        verdict = json.loads((reports / "reports" / name / "smoke" / "verdict.json").read_text())
+        mine = [row for row in rows if row.startswith(f"| {name} [smoke] |")]
+        assert len(mine) == len(verdict["claims"]), name
+        for row, claim in zip(mine, verdict["claims"]):
+            assert f"({claim['seeds_holding']}/{claim['seeds']} seeds)" in row and claim["verdict"] in row
+        expected += len(verdict["claims"])
+    assert len(rows) == expected
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from framework.results.runs import row_config
-from tests.helpers.claims import claim_follows_the_data, edit, rows, then as _then, write_metrics
-
+from tests.helpers.claims import claim_follows_the_data, edit, rows, write_metrics
+from tests.helpers.claims import then as _then
 
 # ---- step_size (smoke: bracket lrs 1.7563-2.2776 at kappa 10; gd and heavy ball at kappa 4, 16; MLP lrs 1e-4,
 # 1, 100; scaled inputs raw at 0.001, standardised at 1) -------------------------------------------------------

@@ -194,6 +194,7 @@ def test_failed_runs_are_printed_and_the_command_exits_1(tmp_path):
 def test_sigterm_on_any_batch_checkpoints_and_resumes_exactly(step, tiny, tmp_path):
     """Lightning's own SIGTERM handler would end fit with SystemExit(0) at the end of an epoch's last batch."""
     import pytorch_lightning as pl
+
     from framework.config import config_hash
     from framework.preemption import Terminated
     from framework.runner import train

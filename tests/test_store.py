@@ -12,13 +12,12 @@ import pandas as pd
 import pytest
 
 from framework.config import DataConfig, config_hash
-
+from framework.files import StoreError, atomic_write
+from framework.locks import RunBusy
 from framework.overrides import apply
 from framework.registry import UserError
 from framework.runner import train
-from framework.locks import RunBusy
 from framework.store import RunStore
-from framework.files import StoreError, atomic_write
 from tests.helpers import repro
 
 
@@ -35,6 +34,7 @@ def test_two_concurrent_suites_train_each_run_once(tmp_path):
     exactly once, and each run's metrics equal to a single process's."""
     import subprocess
     import sys
+
     from tests.helpers import ROOT
     # one seed, one run at a time: the store's locks are the subject (a process that finds half a fused group
     # locked trains the rest as another group, whose float32 rounding differs from a single process's group)
@@ -288,6 +288,7 @@ def test_a_truncated_status_is_an_error_not_pending(store):
 
 def test_a_checkpoint_is_not_resumed_under_a_changed_default(tiny, store, monkeypatch):
     import pytorch_lightning as pl
+
     from framework.preemption import Preempted
 
     class SignalAt(pl.Callback):

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -125,11 +124,9 @@ def test_sigterm_from_outside_stops_a_gradient_descent_suite(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "stopped:" in err and "Traceback" not in err
-    store = RunStore(tmp_path / "runs")
     statuses = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("edge_of_stability/*/status.json")]
     stopped = [s for s in statuses if s["status"] == "pending"]
     assert stopped and all(s["checkpoint"] for s in stopped), statuses
-    assert not any(s["status"] == "done" and s.get("steps", 3000) < 3000 for s in statuses)
     for path in (tmp_path / "runs").glob("edge_of_stability/*/summary.json"):
         assert json.loads(path.read_text())["steps"] == 3000, "a run stored done before its last step"
 
@@ -219,7 +216,7 @@ def test_report_catches_a_recipe_error_on_missing_runs(dd_copy):
     """A claim that raises on a missing run (as `run` already caught) is listed, and report exits 1."""
     tmp_path = dd_copy
     code = ("import sys\nimport experiments.double_descent as dd\n"
-            "def broken(self, runs, store):\n    raise ValueError('no run at width 4')\n"
+            "def broken(self, runs):\n    raise ValueError('no run at width 4')\n"
             "dd.DoubleDescent.measure = broken\nfrom framework.cli import app\napp()\n")
     out = subprocess.run([sys.executable, "-c", code, "report", *DD_ALL, "--no-wandb-run", *dirs(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT)
@@ -256,6 +253,7 @@ def test_sync_builds_a_command_the_installed_wandb_accepts(tiny, tmp_path):
     """A dry run through the real `wandb sync` of a real offline run; every option passed exists in the installed
     wandb's CLI (0.30 removed --include-offline, and rejects it with exit 1)."""
     from wandb.cli.cli import sync as wandb_sync
+
     from framework.cli_tools import sync_command
     from framework.runner import train
     store = RunStore(tmp_path / "runs")
@@ -284,6 +282,7 @@ def test_a_malformed_or_unrelated_lock_is_taken_over(text, tiny, tmp_path):
     """Malformed locks (not written by this tool) and a live unrelated pid with a heartbeat an hour in the future
     are stale: the run trains at once (it used to raise, or wait until mtime + the stale limit)."""
     import socket
+
     from framework.runner import train
     store = RunStore(tmp_path / "runs")
     cfg = tiny()
@@ -296,8 +295,9 @@ def test_a_malformed_or_unrelated_lock_is_taken_over(text, tiny, tmp_path):
 
 def test_a_lock_of_a_reused_pid_is_taken_over(tiny, tmp_path):
     import socket
-    from framework.runner import train
+
     from framework.locks import _process_start
+    from framework.runner import train
     store = RunStore(tmp_path / "runs")
     cfg = tiny()
     parent = os.getppid()  # alive, and not the process that wrote the lock (its start time differs)
@@ -332,8 +332,9 @@ def test_a_full_disk_in_a_fused_group_keeps_what_finished(tiny, tmp_path, small_
     left to train again (never `failed`, never `done` without their files), the error is one exception the CLI
     prints as one line (exit 1), and the rerun finishes them."""
     import pytorch_lightning as pl
-    from framework.runner import train_group
+
     from framework.files import StoreFull
+    from framework.runner import train_group
     cfgs = [tiny(seed=s, trainer__max_epochs=20, diagnostics__every_n_steps=1) for s in range(4)]
     reference = RunStore(tmp_path / "ref")
     train_group(cfgs, reference)
@@ -378,6 +379,7 @@ def test_an_absurd_grid_is_refused_before_it_is_expanded(tmp_path):
 
 def test_a_scale_name_is_a_folder_name_and_is_escaped_in_html(tmp_path):
     import yaml
+
     from framework.recipe import config_dir
     from framework.report import index_page
     configs = tmp_path / "configs"

@@ -19,22 +19,19 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-
-from framework.config import RunConfig
-from framework.data import build_splits
-from framework.process import build_trainer, quiet_lightning
-from framework.process import set_threads
-from framework.registry import UserError
 from pytorch_lightning.loggers import CSVLogger
 
-from framework.overrides import apply
-from framework.data import Splits, TensorDataModule
+from framework.config import RunConfig
+from framework.data import Splits, TensorDataModule, build_splits
 from framework.diagnostics import Diagnostics
 from framework.losses import LOSSES
 from framework.module import build_module
 from framework.optim_build import build_optimizer
-from framework.results.measures import steps_per_epoch
+from framework.overrides import apply
 from framework.preemption import Preemption
+from framework.process import build_trainer, quiet_lightning, set_threads
+from framework.registry import UserError
+from framework.results.measures import steps_per_epoch
 
 
 @dataclass

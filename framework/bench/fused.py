@@ -12,12 +12,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from framework.bench.cases import _Clock, _bench_config, _sync, device_name
+from framework.bench.cases import _bench_config, _Clock, _sync, device_name
 from framework.config import RunConfig
-from framework.process import set_threads
 from framework.data import build_splits
 from framework.fused_layers import fuse_nets
 from framework.module import build_module
+from framework.process import set_threads
 from framework.runner import train_group
 from framework.store import RunStore
 

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from framework.config import RunConfig, flatten, to_dict
-
 from framework.overrides import apply
 from framework.results.measures import FINISHED
 from framework.store import RunStore
