@@ -229,15 +229,14 @@ def test_submit_from_a_folder_with_spaces_and_shell_syntax(slurm, tmp_path):
 
 def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_path):
     runs_dir = tmp_path / "runs"
-    slow = [*QUICK, "trainer.max_epochs=300"]  # long enough to be still queued or running at the second submit
-    first = repro("submit", "double_descent", "--scale", "smoke", *ONE, *slow, "--runs-dir", str(runs_dir), env=slurm)
+    # the first job is submitted held (sbatch reads SBATCH_HOLD), so however slowly the second command starts on a
+    # loaded machine, the first job's runs are still pending in SLURM when it looks; then the job is released
+    first = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir),
+                  env={**slurm, "SBATCH_HOLD": "1"})
     assert first.returncode == 0 and "4 runs in 4 array tasks" in first.stdout, first.stderr
-    # held in SLURM's queue (a task already started keeps running) while the second submit looks: however slowly
-    # that command starts on a loaded machine, the first job's runs are then pending or running, never finished
     job = re.search(r"submitted job (\d+)", first.stdout).group(1)
-    subprocess.run(["scontrol", "hold", job], capture_output=True)  # fails only for tasks already running
-    second = repro("submit", "double_descent", "--scale", "smoke", *ONE, *slow, "--runs-dir", str(runs_dir), env=slurm)
-    subprocess.run(["scontrol", "release", job], capture_output=True)
+    second = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
+    subprocess.run(["scontrol", "release", job], check=True, capture_output=True)
     assert second.returncode == 0, second.stderr
     assert "nothing to submit" in second.stdout and "pending or running" in second.stdout, second.stdout
     assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1
