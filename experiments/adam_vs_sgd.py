@@ -64,7 +64,7 @@ class AdamVsSgd(Recipe):
     papers = ["Wilson et al. 2017, NeurIPS, Sec. 3.3 and Fig. 1", "Loshchilov & Hutter 2019, ICLR"]
 
     def measure(self, runs: Runs) -> list[Claim]:
-        wilson = runs[runs["data.name"] == "wilson"]
+        wilson = runs.matching(**{"data.name": "wilson"})
         task = runs[runs["data.name"] != "wilson"]
         name = str(task["problem"].iloc[0]) if len(task) else "the real task"
         gd, adaptive, refs = {}, {}, {}

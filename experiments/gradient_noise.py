@@ -215,7 +215,7 @@ class GradientNoise(Recipe):
                 axes[1].invert_xaxis()
         rows = []
         for seed in sorted(runs["seed"].unique()):
-            best = sweep(runs[runs["seed"] == seed])
+            best = sweep(runs.matching(seed=seed))
             fit = critical_fit(best)
             rows += [{"seed": seed, "batch": r.batch, "steps": r.steps, "lr": r.lr, **fit} for r in best.itertuples()]
         table = pd.DataFrame(rows)

@@ -184,7 +184,7 @@ class LrScaling(Recipe):
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
         seeds = sorted(runs["seed"].unique()) if "seed" in runs else [None]
-        per_seed = [analyse(runs[runs["seed"] == s] if s is not None else runs) for s in seeds]
+        per_seed = [analyse(runs.matching(seed=s) if s is not None else runs) for s in seeds]
         a = per_seed[0]
         paths = []
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))

@@ -38,7 +38,7 @@ FACTOR = (1.0, 5.0)   # "a small constant factor": slower than true labels, at m
 
 def _label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs with clean inputs, one per label-noise level (true labels = 0)."""
-    sel = runs[runs["data.corruption"] == "none"].copy()
+    sel = runs.matching(**{"data.corruption": "none"}).copy()
     sel["label_noise"] = sel["data.label_noise"]
     return sel.sort_values("label_noise")
 
@@ -64,7 +64,7 @@ def _spearman(x, y) -> float:
 
 
 def _one(runs, condition):
-    hits = runs[runs["condition"] == condition]
+    hits = runs.matching(condition=condition)
     return hits.iloc[0] if len(hits) else None
 
 

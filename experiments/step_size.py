@@ -40,7 +40,7 @@ SLOWER = 5.0          # "slows": at least this factor in steps (the notes' proto
 
 
 def _part(runs: pd.DataFrame, name: str) -> pd.DataFrame:
-    return runs[runs["part"] == name] if "part" in runs else runs.iloc[:0]
+    return runs.matching(part=name)
 
 
 def _curve(runs: Runs, row) -> pd.Series:
@@ -193,7 +193,7 @@ class StepSize(Recipe):
             final = bracket_runs.assign(ratio=bracket_runs["train_loss"] / bracket_runs["initial_train_loss"])
             final["ratio"] = final["ratio"].where(np.isfinite(final["ratio"]), 1e30).clip(upper=1e30)
             sns.lineplot(final, x="optim.lr", y="ratio", marker="o", errorbar=("pi", 100), ax=axes[1])
-            lam = np.nanmedian([bracket(bracket_runs[bracket_runs["seed"] == s])["lambda_max"]
+            lam = np.nanmedian([bracket(bracket_runs.matching(seed=s))["lambda_max"]
                                 for s in bracket_runs["seed"].unique()])
             axes[1].axvline(2 / lam, c="red", ls="--", label="2 / lambda_max (measured)")
             axes[1].set(yscale="log", xlabel="step size", ylabel="final / initial loss",

@@ -84,10 +84,10 @@ class VanishingGradients(Recipe):
               "Ioffe & Szegedy 2015"]
 
     def measure(self, runs: Runs) -> list[Claim]:
-        sigmoid = runs[runs["model.activation"] == "sigmoid"]
+        sigmoid = runs.matching(**{"model.activation": "sigmoid"})
         depths = sorted(sigmoid["model.depth"].unique())
         deep, shallow = depths[-1], depths[0]
-        relu = runs[runs["model.activation"] == "relu"]
+        relu = runs.matching(**{"model.activation": "relu"})
         relu_depth = int(relu["model.depth"].max()) if len(relu) else None
 
         def at(depth, act, arch):
