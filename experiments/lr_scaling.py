@@ -12,7 +12,7 @@ and B_crit = E_min / S_min, where steps to target stop halving as the batch doub
 Claims, each measured on every seed:
 1. Well below the critical batch, the best learning rate grows linearly with batch size: over the sweep's first
    doubling (16 to 32, about 3x or more below B_crit at every seed measured), log2 of the best rates' ratio is near 1.
-   The best rate is refined between grid points (framework.recipe.best_rate). McCandlish et al.'s Eq. 2.7,
+   The best rate is refined between grid points (framework.results.measures.best_rate). McCandlish et al.'s Eq. 2.7,
    eps_max / (1 + B_noise / B), is linear only for B << B_noise and bends towards constant near it; judged over
    every batch up to B_crit (95-177 over seeds 0-9) the slope mixed that bend in and read 0.62 [0.60, 0.63] at
    seeds 5-9, 0.70 [0.50, 0.89] at seeds 0-4 (both recorded as slope_up_to_critical).

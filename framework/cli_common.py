@@ -92,7 +92,7 @@ YES_HELP = "confirm a suite of more than MAX_RUNS (5,000) runs"
 
 
 def _confirm(yes: bool) -> None:
-    if yes:  # read where the grid is expanded (framework/recipe.py), here and in every child process
+    if yes:  # read where the grid is expanded (framework/grid.py), here and in every child process
         os.environ["REPRO_YES"] = "1"
 
 

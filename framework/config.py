@@ -48,7 +48,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"               # registry: framework.models.MODELS (mlp, linear, convnet, cnn5, resnet18, vgg)
+    name: str = "mlp"               # registry: framework.nets.MODELS (mlp, linear, convnet, cnn5, resnet18, vgg)
     depth: int = 2                  # hidden layers (mlp), conv blocks (convnet), 11/13/16/19 (vgg)
     width: int = 64                 # units (mlp), first stage's channels k (conv nets: k, 2k, 4k, 8k)
     activation: str = "relu"        # registry: framework.models.ACTIVATIONS
@@ -109,7 +109,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     deterministic: bool = True
     stop_at_train_acc: float = 0.0  # >0: stop once an epoch's training accuracy reaches this (time to fit)
-    threads: int = 0                # torch's intra-op threads; 0: SLURM's CPUs per task, else 1 (runner.set_threads)
+    threads: int = 0                # torch's intra-op threads; 0: SLURM's CPUs per task, else 1 (process.set_threads)
 
 
 @dataclass

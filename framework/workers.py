@@ -1,7 +1,7 @@
 """`repro run all` with recipes side by side: each recipe's suite runs as its own `repro run NAME` process, at most
 `workers` at once, longest first; this process forwards stop signals to them and gathers their verdict.json files.
 
-A run trains on one thread (framework/runner.py, set_threads), so a machine with C cores fits C suites at once:
+A run trains on one thread (framework/process.py, set_threads), so a machine with C cores fits C suites at once:
 on this 2-core machine two suites side by side finish `run all` in about two thirds of the time of one after
 another (reports/benchmarks.md). Each child is an ordinary `repro run NAME` (the same command function, forked
 from this process once it has imported torch, Lightning and W&B, which cost a fresh interpreter about 10 s of CPU

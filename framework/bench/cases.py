@@ -2,7 +2,7 @@
 
 Both sides get the same model (same init), the same data tensors on the same device, the same batch size,
 optimizer, schedule, precision, memory format and compile setting. The framework side is the run's own
-Lightning Trainer (`runner.build_trainer`) with the run's callbacks and a CSV logger, as `repro run` trains it;
+Lightning Trainer (`process.build_trainer`) with the run's callbacks and a CSV logger, as `repro run` trains it;
 validation is off on both sides. Each side runs `repeats` times, alternating, after a warm-up; the rates are
 medians of samples per second over the timed steps, and the ratio is the median over adjacent (plain,
 framework) pairs of framework / plain, with its range.
