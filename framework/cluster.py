@@ -92,7 +92,8 @@ def queued_runs(store: RunStore, experiment: str) -> set[str]:
     if not jobs or shutil.which("squeue") is None:
         return set()
     # by job name, not by id: squeue rejects the whole query when one id has left the queue
-    out = subprocess.run(["squeue", "-h", "-r", "-n", f"repro-{experiment}", "-o", "%A|%a|%T"], capture_output=True,
+    # %F: the array's job id (what job_id holds), %K: the task's index (%A is each running task's own id, %a the account)
+    out = subprocess.run(["squeue", "-h", "-r", "-n", f"repro-{experiment}", "-o", "%F|%K|%T"], capture_output=True,
                          text=True, timeout=30)
     if out.returncode != 0:
         raise UserError(f"squeue failed ({out.returncode}): {(out.stderr or out.stdout).strip()[:200]}; cannot tell "

@@ -229,14 +229,21 @@ def test_submit_from_a_folder_with_spaces_and_shell_syntax(slurm, tmp_path):
 
 def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_path):
     runs_dir = tmp_path / "runs"
-    # the first job is submitted held (sbatch reads SBATCH_HOLD), so however slowly the second command starts on a
-    # loaded machine, the first job's runs are still pending in SLURM when it looks; then the job is released
-    first = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir),
-                  env={**slurm, "SBATCH_HOLD": "1"})
-    assert first.returncode == 0 and "4 runs in 4 array tasks" in first.stdout, first.stderr
-    job = re.search(r"submitted job (\d+)", first.stdout).group(1)
-    second = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
-    subprocess.run(["scontrol", "release", job], check=True, capture_output=True)
+    # the cluster's partition is down while both commands run: SLURM queues the first job and allocates nothing, so
+    # however slowly the second command starts on a loaded machine, the first job's runs are still pending in SLURM
+    # when it looks (`scontrol`, as an administrator would); then the partition comes up and the first job trains
+    def partition(state):
+        subprocess.run(["scontrol", "update", "PartitionName=local", f"State={state}"], check=True,
+                       capture_output=True)
+    partition("DOWN")
+    try:
+        first = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir),
+                      env=slurm)
+        assert first.returncode == 0 and "4 runs in 4 array tasks" in first.stdout, first.stderr
+        second = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir),
+                       env=slurm)
+    finally:
+        partition("UP")
     assert second.returncode == 0, second.stderr
     assert "nothing to submit" in second.stdout and "pending or running" in second.stdout, second.stdout
     assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1
@@ -249,8 +256,6 @@ def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_
 
 def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
     """Each fused group is one array task; the cluster's runs equal the same suite's runs trained here."""
-    import re
-
     from experiments import RECIPES
     from framework.suite import run_suite
     runs_dir = tmp_path / "runs"
