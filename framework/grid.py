@@ -25,7 +25,7 @@ from framework.module import check_model_size
 from framework.overrides import apply, parse_overrides
 from framework.registry import UserError, suggest
 
-DEFAULT_SEEDS = 5  # a scale that does not say how many seeds it runs
+DEFAULT_SEEDS = 10  # a scale that does not say how many seeds it runs
 MAX_RUNS = 5_000   # a suite with more runs than this is expanded only when confirmed (--yes): a typo'd grid
                    # (1000 x 1000 values) took ~50 minutes and 1.3 GB to expand before anything trained
 

@@ -5,16 +5,18 @@ which side of a threshold the paper's statement lies). `judge` gathers the seeds
 mean, a 95% interval for the mean, and one of three verdicts:
 - reproduced: the whole interval lies on the claim's side of the criterion;
 - not reproduced: the whole interval lies on the other side;
-- inconclusive: the interval straddles the criterion, or fewer than MIN_SEEDS (3) seeds gave a number (the
-  interval's own side is kept as `interval_verdict`).
+- inconclusive: the interval straddles the criterion, or fewer than MIN_SEEDS (8) seeds gave a number (the
+  interval is then the values' range, and its own side is kept as `interval_verdict`).
 
-The interval is a percentile bootstrap of the mean over seeds (scipy.stats.bootstrap, 10,000 resamples, a fixed
-random state so that a verdict is a function of the per-seed values). Many of the statistics are skewed (error
-gaps, step ratios: one seed far out on the claim's own side) and Student's t interval, tried first, let such an
-outlier widen the interval across the criterion although every seed held. The price, stated: with 5 seeds a
-percentile interval stays inside the observed values and covers less than its nominal 95% for a normal mean (about
-85%); a claim whose seeds straddle its criterion still comes out inconclusive. Identical per-seed values give a
-zero-width interval, so a deterministic statistic (every seed fits, every seed diverges) is judged as it stands.
+The interval is a studentized bootstrap (bootstrap-t) of the mean over seeds: 10,000 resamples, a fixed random
+state, so that a verdict is a function of the per-seed values. It is chosen for coverage, measured by simulation
+(tests/test_verdict.py, `test_the_interval_covers`, 2,000 draws a case): from 8 values on it covers a known mean
+at least 93% of the time on normal values and on skewed ones (lognormal, gamma, exponential: 0.934-0.954 at 8,
+0.936-0.954 at 10). With 5 values it covered 0.915-0.923 on exponential values, Student's t 0.88-0.92 on the
+skewed ones, and the percentile bootstrap used before 0.85 even on normal values: hence MIN_SEEDS, and the cpu
+scales' 10 seeds. Identical per-seed values give a zero-width interval, so a deterministic statistic (every seed
+fits, every seed diverges) is judged as it stands; an infinite value (a quantity never reached) gives the range of
+the values.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from framework.results.measures import never_trained
 
@@ -104,23 +105,28 @@ def _number(v) -> float:
 
 
 RESAMPLES = 10_000
-# Fewer seeds with a number than this judge nothing: the verdict is inconclusive and `interval_verdict` keeps what
-# the interval alone would say (a smoke suite's two seeds check that claims compute, not that they hold).
-MIN_SEEDS = 3
+# Fewer seeds with a number than this judge nothing (the interval's coverage is shown from here on): the verdict is
+# inconclusive and `interval_verdict` keeps what the range alone would say (a smoke suite's two seeds check that
+# claims compute, not that they hold).
+MIN_SEEDS = 8
 
 
 def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
-    """Percentile-bootstrap interval for the mean of the per-seed values (nan with fewer than two). Infinite values
-    (a quantity never reached, as an underflowed gradient's log) give the range of the values instead."""
-    xs = [v for v in values if not math.isnan(v)]
+    """Studentized-bootstrap interval for the mean of the per-seed values (see the module docstring); the values'
+    range below MIN_SEEDS values or with an infinite one; nan with fewer than two."""
+    xs = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     if len(xs) < 2:
         return math.nan, math.nan
-    if any(math.isinf(v) for v in xs) or min(xs) == max(xs):
-        return min(xs), max(xs)
-    result = stats.bootstrap((np.asarray(xs),), np.mean, confidence_level=level, n_resamples=RESAMPLES,
-                             method="percentile", random_state=np.random.default_rng(0))
-    ci = result.confidence_interval
-    return float(ci.low), float(ci.high)
+    if len(xs) < MIN_SEEDS or not np.isfinite(xs).all() or xs.min() == xs.max():
+        return float(xs.min()), float(xs.max())
+    # by hand: scipy.stats.bootstrap offers percentile, basic and BCa intervals, not the studentized one
+    n, mean, sd = len(xs), xs.mean(), xs.std(ddof=1)
+    resampled = xs[np.random.default_rng(0).integers(0, n, (RESAMPLES, n))]
+    spread = resampled.std(axis=1, ddof=1)
+    keep = spread > 0  # a resample of one repeated value has no t statistic
+    t = (resampled.mean(axis=1)[keep] - mean) / (spread[keep] / math.sqrt(n))
+    lower_q, upper_q = np.quantile(t, [(1 - level) / 2, (1 + level) / 2])
+    return float(mean - upper_q * sd / math.sqrt(n)), float(mean - lower_q * sd / math.sqrt(n))
 
 
 def summarise(per_seed: dict[int, Claim]) -> dict:

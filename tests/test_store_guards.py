@@ -233,8 +233,9 @@ def test_data_that_overflow_float32_are_bad_input(tmp_path):
 
 def test_claims_of_runs_that_never_trained_are_not_judged():
     from framework.verdict import Claim, above, judge
-    frame = pd.DataFrame({"seed": [0, 0, 1, 1, 2, 2], "status": ["done"] * 6, "diverged_step": [None] * 6,
-                          "initial_train_loss": [2.3] * 6, "value": [0.9] * 6})
+    seeds = [s for s in range(8) for _ in range(2)]  # eight seeds of two runs: enough to judge (MIN_SEEDS)
+    frame = pd.DataFrame({"seed": seeds, "status": ["done"] * 16, "diverged_step": [None] * 16,
+                          "initial_train_loss": [2.3] * 16, "value": [0.9] * 16})
 
     def measure(runs):
         return [Claim("c", "ref", "value", float(runs["value"].mean()), above(0.5))]

@@ -7,49 +7,57 @@ import pytest
 
 from framework.grid import expand
 from framework.registry import UserError
-from framework.verdict import Claim, above, below, interval, judge, summarise, within
+from framework.verdict import MIN_SEEDS, Claim, above, below, interval, judge, summarise, within
 
 
 def _claims(values, criterion):
     return {seed: Claim("c", "paper, Fig. 1", "x", v, criterion, {"x": v}) for seed, v in enumerate(values)}
 
 
-def test_interval_is_a_percentile_bootstrap_of_the_mean():
-    values = [0.52, 0.55, 0.49, 0.58, 0.51]
+def test_interval_is_a_studentized_bootstrap_of_the_mean():
+    values = [0.52, 0.55, 0.49, 0.58, 0.51, 0.54, 0.50, 0.56, 0.53, 0.57]
     lo, hi = interval(values)
-    rng = np.random.default_rng(1)
-    means = rng.choice(values, size=(20_000, 5)).mean(1)  # the same bootstrap, drawn independently
-    assert lo == pytest.approx(np.quantile(means, 0.025), abs=6e-3) and hi == pytest.approx(np.quantile(means, 0.975),
-                                                                                            abs=6e-3)
+    x = np.asarray(values)
+    n, mean, sd = len(x), x.mean(), x.std(ddof=1)
+    resampled = x[np.random.default_rng(1).integers(0, n, (40_000, n))]  # the same bootstrap, drawn independently
+    spread = resampled.std(1, ddof=1)
+    t = ((resampled.mean(1) - mean) / (spread / np.sqrt(n)))[spread > 0]
+    assert lo == pytest.approx(mean - np.quantile(t, 0.975) * sd / np.sqrt(n), abs=4e-3)
+    assert hi == pytest.approx(mean - np.quantile(t, 0.025) * sd / np.sqrt(n), abs=4e-3)
     assert interval(values) == (lo, hi)                      # a fixed random state: the same values, the same verdict
-    assert min(values) <= lo < sum(values) / 5 < hi <= max(values)
-    assert interval([0.3, 0.3, 0.3]) == (0.3, 0.3)          # seeds that agree exactly: a point
+    skewed = [0.036, 0.082, 0.225, 0.053, 0.564, 0.041, 0.095, 0.31, 0.06, 0.12]
+    lo, hi = interval(skewed)
+    mean = sum(skewed) / len(skewed)
+    assert hi - mean > 2 * (mean - lo)                       # a long right tail widens the interval to the right
+    assert interval([0.1, 0.4, 0.2]) == (0.1, 0.4)           # under MIN_SEEDS values: their range, no 95% claim
+    assert interval([0.3] * MIN_SEEDS) == (0.3, 0.3)         # seeds that agree exactly: a point
     assert all(math.isnan(v) for v in interval([0.3]))      # one seed: no interval
-    assert interval([1.0, math.inf, 2.0]) == (1.0, math.inf)  # a quantity never reached: the range
+    assert interval([1.0, math.inf, 2.0] * 3) == (1.0, math.inf)  # a quantity never reached: the range
 
 
 @pytest.mark.parametrize("values, criterion, verdict", [
-    ([0.60, 0.62, 0.58, 0.61, 0.59], above(0.5), "reproduced"),
-    ([0.40, 0.42, 0.38, 0.41, 0.39], above(0.5), "not reproduced"),
-    ([0.30, 0.70, 0.45, 0.60, 0.52], above(0.5), "inconclusive"),      # straddles 0.5
-    ([-3.0, -2.9, -3.2, -3.1, -2.8], below(-2), "reproduced"),
-    ([-1.0, -0.5, -1.2, -0.8, -0.9], below(-2), "not reproduced"),
-    ([-2.5, -1.5, -2.2, -1.8, -2.0], below(-2), "inconclusive"),
-    ([0.9, 1.1, 1.0, 0.95, 1.05], within(0.7, 1.3), "reproduced"),
-    ([0.2, 0.3, 0.25, 0.22, 0.28], within(0.7, 1.3), "not reproduced"),
-    ([0.5, 1.0, 0.8, 0.6, 0.9], within(0.7, 1.3), "inconclusive"),     # crosses the lower edge
+    ([0.60, 0.62, 0.58, 0.61, 0.59, 0.63, 0.57, 0.60, 0.62, 0.58], above(0.5), "reproduced"),
+    ([0.40, 0.42, 0.38, 0.41, 0.39, 0.43, 0.37, 0.40, 0.42, 0.38], above(0.5), "not reproduced"),
+    ([0.30, 0.70, 0.45, 0.60, 0.52, 0.35, 0.65, 0.48, 0.55, 0.40], above(0.5), "inconclusive"),  # straddles 0.5
+    ([-3.0, -2.9, -3.2, -3.1, -2.8, -3.05, -2.95, -3.15, -2.85, -3.0], below(-2), "reproduced"),
+    ([-1.0, -0.5, -1.2, -0.8, -0.9, -1.1, -0.6, -0.7, -1.0, -0.85], below(-2), "not reproduced"),
+    ([-2.5, -1.5, -2.2, -1.8, -2.0, -2.4, -1.6, -2.1, -1.9, -2.05], below(-2), "inconclusive"),
+    ([0.9, 1.1, 1.0, 0.95, 1.05, 0.92, 1.08, 1.0, 0.97, 1.03], within(0.7, 1.3), "reproduced"),
+    ([0.2, 0.3, 0.25, 0.22, 0.28, 0.24, 0.26, 0.21, 0.29, 0.25], within(0.7, 1.3), "not reproduced"),
+    ([0.5, 1.0, 0.8, 0.6, 0.9, 0.55, 0.95, 0.7, 0.85, 0.65], within(0.7, 1.3), "inconclusive"),  # crosses 0.7
     ([0.6, 0.61], above(0.5), "inconclusive"),                         # two seeds that agree: too few to judge
     ([0.2, 0.9], above(0.5), "inconclusive"),
-    ([0.036, 0.082, 0.225, 0.053, 0.564], above(0.02), "reproduced"),  # skewed, every seed on the claim's side
-    ([0.7, math.nan, 0.8, 0.75], above(0.5), "reproduced"),            # a seed without a number is left out
-    ([0.7, math.nan, 0.8], above(0.5), "inconclusive"),                # ... and two left are too few
+    ([0.60, 0.62, 0.58, 0.61, 0.59], above(0.5), "inconclusive"),     # five agreeing seeds: still too few
+    ([0.036, 0.082, 0.225, 0.053, 0.564, 0.041, 0.095, 0.31, 0.06, 0.12], above(0.02), "reproduced"),  # skewed
+    ([0.7, math.nan, 0.8, 0.75, 0.72, 0.78, 0.74, 0.76, 0.71, 0.79], above(0.5), "reproduced"),  # a nan is left out
+    ([0.7, math.nan, 0.8, math.nan, 0.72, 0.78, 0.74, 0.76, math.nan], above(0.5), "inconclusive"),  # 6 left: too few
     ([0.7], above(0.5), "inconclusive"),                               # one seed never decides
     ([math.nan, math.nan], above(0.5), "inconclusive"),
 ])
 def test_three_valued_verdict(values, criterion, verdict):
     out = summarise(_claims(values, criterion))
     assert out["verdict"] == verdict
-    if len([v for v in values if not math.isnan(v)]) == 2:  # what the [min, max] interval alone says, kept apart
+    if len([v for v in values if not math.isnan(v)]) == 2:  # what the [min, max] range alone says, kept apart
         assert out["too_few_seeds"] and out["interval_verdict"] == ("reproduced" if min(values) > 0.5 else
                                                                     "inconclusive")
     assert out["per_seed"] == pytest.approx({str(i): v for i, v in enumerate(values)}, nan_ok=True)
@@ -80,7 +88,7 @@ def test_the_framework_adds_the_seed_axis():
     runs = expand("x", SPEC, "smoke", [])
     assert [(r.cfg.model.width, r.cfg.seed) for r in runs] == [(8, 0), (8, 1), (16, 0), (16, 1)]
     assert all(r.axes["seed"] == r.cfg.seed and r.cfg.data.split_seed == 0 for r in runs)  # the split stays fixed
-    assert len(expand("x", SPEC, "cpu", [])) == 10                                    # the default: 5 seeds
+    assert len(expand("x", SPEC, "cpu", [])) == 20                                    # the default: 10 seeds
     based = expand("x", SPEC, "smoke", [], seeds=3, seed_base=7)
     assert sorted({r.cfg.seed for r in based}) == [7, 8, 9]
     # seed 0's run of a config is the run it always was: its id does not depend on how many seeds run
@@ -111,3 +119,43 @@ def test_best_rate_refines_the_grid_argmin_between_its_neighbours():
     assert best_rate(grid, [math.inf, 1.0, 4.0, 9.0]) == 0.1                  # next to a diverged rate: the point
     assert best_rate(grid, [4.0, 1.0, 1.0, 9.0]) == pytest.approx(0.1 * 2 ** 0.5)  # a tie: between the two
     assert math.isnan(best_rate(grid, [math.inf] * 4))
+
+
+COVERAGE_TRIALS = 2000
+
+
+def _scale_seeds() -> list[int]:
+    """The seed counts the recipes' scales judge with (smoke's two seeds judge nothing)."""
+    from experiments import RECIPES
+    from framework.grid import DEFAULT_SEEDS
+    return sorted({(spec or {}).get("seeds", DEFAULT_SEEDS) for name in RECIPES.names()
+                   for scale, spec in (RECIPES.get(name)().spec().get("scales") or {}).items() if scale != "smoke"})
+
+
+SCALE_SEEDS = _scale_seeds()
+SKEWED = {  # per-seed values with a known mean: symmetric, and skewed as error gaps and step ratios are
+    "normal": (lambda rng, n: rng.normal(0.0, 1.0, n), 0.0),
+    "lognormal": (lambda rng, n: rng.lognormal(0.0, 0.5, n), math.exp(0.125)),
+    "gamma": (lambda rng, n: rng.gamma(2.0, 1.0, n), 2.0),
+    "exponential": (lambda rng, n: rng.exponential(1.0, n), 1.0),
+}
+
+
+@pytest.mark.parametrize("seeds", range(MIN_SEEDS, max(SCALE_SEEDS) + 1))  # every count a verdict is given at
+@pytest.mark.parametrize("shape", SKEWED)
+def test_the_interval_covers(shape, seeds):
+    """The 95% interval judges claims: at the seed count every scale uses, it covers the true mean of the per-seed
+    values at least 93% of the time, on normal and on skewed values (simulated, a fixed generator)."""
+    draw, mean = SKEWED[shape]
+    rng = np.random.default_rng(seeds)
+    hits = 0
+    for _ in range(COVERAGE_TRIALS):
+        lo, hi = interval(list(draw(rng, seeds)))
+        hits += lo <= mean <= hi
+    assert hits / COVERAGE_TRIALS >= 0.93, f"{shape}, {seeds} seeds: covers {hits / COVERAGE_TRIALS:.3f}"
+
+
+def test_a_scale_judges_with_enough_seeds_to_cover():
+    """Every scale of every recipe runs at least MIN_SEEDS seeds (below that the interval's coverage is not shown),
+    except smoke, whose two seeds check that claims compute."""
+    assert all(n >= MIN_SEEDS for n in SCALE_SEEDS), SCALE_SEEDS

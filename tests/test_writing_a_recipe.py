@@ -40,10 +40,10 @@ def test_a_recipe_written_from_the_page_runs(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     verdict = json.loads((tmp_path / "reports" / "width_helps" / "smoke" / "verdict.json").read_text())
     (claim,) = verdict["claims"]
-    assert verdict["runs"] == {"done": 6} and claim["seeds"] == 3
-    assert claim["verdict"] == "reproduced", claim  # 3 seeds: a real verdict, from the page's own claim code
+    assert verdict["runs"] == {"done": 16} and claim["seeds"] == 8
+    assert claim["verdict"] == "reproduced", claim  # 8 seeds: a real verdict, from the page's own claim code
     statuses = sorted((tmp_path / "runs" / "width_helps").glob("*/status.json"))
     stamps = [p.stat().st_mtime_ns for p in statuses]
     again = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(statuses) == 6 and [p.stat().st_mtime_ns for p in statuses] == stamps  # nothing trained again
+    assert len(statuses) == 16 and [p.stat().st_mtime_ns for p in statuses] == stamps  # nothing trained again
