@@ -39,10 +39,6 @@ STALLED = 0.10        # loss fell by less than this fraction of its start
 SLOWER = 5.0          # "slows": at least this factor in steps (the notes' protocol)
 
 
-def _part(runs: pd.DataFrame, name: str) -> pd.DataFrame:
-    return runs.matching(part=name)
-
-
 def _curve(runs: Runs, row) -> pd.Series:
     m = runs.curve(row)
     if m.empty or "train/loss" not in m:
@@ -95,7 +91,7 @@ def sharpness_at_start(runs: Runs, rows: pd.DataFrame) -> float:
 
 
 def bracket(runs: Runs) -> dict:
-    part = _part(runs, "bracket").sort_values("optim.lr")
+    part = runs.matching(part="bracket").sort_values("optim.lr")
     lam = sharpness_at_start(runs, part)
     ok = {float(r["optim.lr"]): converged(r) for _, r in part.iterrows()}
     stable = [lr for lr, c in ok.items() if c]
@@ -109,7 +105,7 @@ def bracket(runs: Runs) -> dict:
 
 
 def condition_slope(runs: Runs, name: str) -> tuple[float, dict]:
-    part = _part(runs, name)
+    part = runs.matching(part=name)
     steps = {float(r["data.condition"]): window_steps(runs, r) for _, r in part.iterrows()}
     kappas = sorted(steps)
     ys = [steps[k] for k in kappas]
@@ -129,7 +125,7 @@ class StepSize(Recipe):
         b = bracket(runs)
         gd, gd_steps = condition_slope(runs, "gd")
         hb, hb_steps = condition_slope(runs, "heavy_ball")
-        mlp = _part(runs, "mlp").sort_values("optim.lr")
+        mlp = runs.matching(part="mlp").sort_values("optim.lr")
         small, large = (mlp.iloc[0], mlp.iloc[-1]) if len(mlp) else (None, None)
 
         def growth(row) -> float:
@@ -139,7 +135,7 @@ class StepSize(Recipe):
             if row["status"] == "diverged" or not (pd.notna(final) and math.isfinite(final)):
                 return math.inf
             return math.log10(final / start)
-        scaling = _part(runs, "scaling")
+        scaling = runs.matching(part="scaling")
         raw = scaling[~scaling["data.standardise"].astype(bool)] if len(scaling) else scaling
         std = scaling[scaling["data.standardise"].astype(bool)] if len(scaling) else scaling
         (raw_steps, raw_lr), (std_steps, std_lr) = fewest_steps(raw), fewest_steps(std)
@@ -188,7 +184,7 @@ class StepSize(Recipe):
                 axes[0].axhline(level, c="grey", ls=":")
             axes[0].set(yscale="log", xscale="symlog", xlim=(0, None), ylim=(1e-9, 2),
                         title="Quadratics: GD and heavy ball (seed band)")
-        bracket_runs = _part(runs, "bracket")
+        bracket_runs = runs.matching(part="bracket")
         if len(bracket_runs):
             final = bracket_runs.assign(ratio=bracket_runs["train_loss"] / bracket_runs["initial_train_loss"])
             final["ratio"] = final["ratio"].where(np.isfinite(final["ratio"]), 1e30).clip(upper=1e30)
@@ -199,7 +195,7 @@ class StepSize(Recipe):
             axes[1].set(yscale="log", xlabel="step size", ylabel="final / initial loss",
                         title="Stability bound on a quadratic (kappa 10)")
             axes[1].legend(fontsize=7)
-        scaling = _part(runs, "scaling")
+        scaling = runs.matching(part="scaling")
         probes = scaling.curves()
         if not probes.empty and "probe/loss" in probes:
             probes = probes.dropna(subset=["probe/loss"])
@@ -215,7 +211,7 @@ class StepSize(Recipe):
             sns.lineplot(keep, x="step", y="probe/loss", hue="inputs", errorbar=("pi", 100), ax=axes[2])
             axes[2].set(yscale="log", title="Digits MLP: scaled inputs, raw vs standardised (best lr each)",
                         ylabel="training loss (probe set)")
-        mlp = _part(runs, "mlp")
+        mlp = runs.matching(part="mlp")
         if len(mlp):
             ratio = (mlp["train_loss"] / mlp["initial_train_loss"]).where(mlp["status"] == "done", np.inf)
             shown = mlp.assign(ratio=ratio.replace(np.inf, 1e3).clip(upper=1e3))

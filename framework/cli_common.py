@@ -1,6 +1,6 @@
-"""What every `repro` command shares (the commands import the framework inside themselves: torch costs seconds to
-import, and `repro --help` or a bad option should not wait for it): the Typer app, the consoles, the exit codes and their one-line messages, the
-options' checks and the verdict table."""
+"""What every `repro` command shares: the Typer app, the consoles, the exit codes and their one-line messages, the
+options' checks and the verdict table. The commands import the framework inside themselves: torch costs seconds
+to import, and `repro --help` or a bad option should not wait for it."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from framework.registry import UserError
-from framework.verdict_table import fmt as _fmt
+from framework.verdict_table import cells
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce documented phenomena of neural-network training, tracked run by run.")
@@ -58,8 +58,6 @@ def _stopped(e) -> None:
     raise typer.Exit(128 + e.signum)
 
 
-
-
 VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
 
 
@@ -69,11 +67,8 @@ def print_verdicts(verdicts: list[dict]) -> None:
         table.add_column(col, overflow="fold")
     for v in verdicts:
         for c in v["claims"]:
-            lo, hi = c["interval"]
-            per_seed = ", ".join(f"{s}: {_fmt(x)}" for s, x in c["per_seed"].items())
             style = VERDICT_STYLE.get(c["verdict"], "white")
-            table.add_row(escape(f"{v['experiment']} [{v['scale']}]"), escape(f"{c['claim']} ({c['reference']})"),
-                          f"{_fmt(c['mean'])} [{_fmt(lo)}, {_fmt(hi)}]", escape(per_seed), escape(c["criterion"]),
+            table.add_row(*(escape(cell) for cell in cells(v, c)),
                           f"[{style}]{c['verdict']}[/] ({c['seeds_holding']}/{c['seeds']} seeds"
                           + (f"; too few to judge, the interval alone: {c.get('interval_verdict')})"
                              if c.get("too_few_seeds") else ")"))
@@ -106,7 +101,7 @@ def _check_runs_dir(runs_dir: Path) -> None:
                         + ("" if runs_dir.exists() else f" (nor is {probe}, where it would be created)"))
 
 
-SEEDS_HELP = "seeds per grid point (default: the scale's, 5 at cpu, 2 at smoke)"
+SEEDS_HELP = "seeds per grid point (default: the scale's, 10 at cpu, 2 at smoke)"
 SEED_BASE_HELP = "the first seed: runs use seeds B, B+1, ..., B+N-1"
 
 

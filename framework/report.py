@@ -1,8 +1,8 @@
 """Reports: a suite's runs as DataFrames (from the run store or from W&B), its figures, and HTML pages.
 
-`summary`: one row per run (a framework.results.Runs view: its config keys by their dotted names, its final numbers). `history`: one
-row per run x logged step. Both are saved as CSV beside the figures. The HTML pages embed every figure as a
-data URI, so they open from disk with no server and no network.
+`summary`: one row per run (a framework.results.Runs view: its config keys by their dotted names, its final
+numbers). `history`: one row per run x logged step. Both are saved as CSV beside the figures. The HTML pages
+embed every figure as a data URI, so they open from disk with no server and no network.
 """
 from __future__ import annotations
 

@@ -16,6 +16,15 @@ def fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def cells(verdict: dict, claim: dict) -> list[str]:
+    """One claim's row, as the printed table and verdicts.md show it, up to its verdict: recipe [scale], claim
+    (reference), mean [95% interval], per-seed values, criterion."""
+    lo, hi = claim["interval"]
+    return [f"{verdict['experiment']} [{verdict['scale']}]", f"{claim['claim']} ({claim['reference']})",
+            f"{fmt(claim['mean'])} [{fmt(lo)}, {fmt(hi)}]",
+            ", ".join(f"{s}: {fmt(x)}" for s, x in claim["per_seed"].items()), claim["criterion"]]
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -39,12 +48,8 @@ def render(verdicts: list[dict], command: str, code: dict | None = None, when: s
     ]
     for v in verdicts:
         for c in v["claims"]:
-            lo, hi = c["interval"]
-            per_seed = ", ".join(f"{s}: {fmt(x)}" for s, x in c["per_seed"].items())
             verdict = f"{c['verdict']} ({c['seeds_holding']}/{c['seeds']} seeds)"
-            lines.append("| " + " | ".join(_cell(x) for x in (
-                f"{v['experiment']} [{v['scale']}]", f"{c['claim']} ({c['reference']})",
-                f"{fmt(c['mean'])} [{fmt(lo)}, {fmt(hi)}]", per_seed, c["criterion"], verdict)) + " |")
+            lines.append("| " + " | ".join(_cell(x) for x in [*cells(v, c), verdict]) + " |")
     return "\n".join(lines) + "\n"
 
 

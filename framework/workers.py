@@ -38,7 +38,8 @@ def default_workers() -> int:
 
 def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, workers: int,
                      console, command: Callable[[list[str]], None]) -> tuple[dict, int | None]:
-    """Runs `repro run NAME <child_args>` (command(args): the CLI, called in a forked child) for every name, `workers` at a time; returns each name's exit code
+    """Runs `repro run NAME <child_args>` for every name (command(args): the CLI, called in a forked child),
+    `workers` at a time; returns each name's exit code
     and the stop signal forwarded to the children (None if none came). Each child's output goes to
     log_dir/<name>.log."""
     log_dir.mkdir(parents=True, exist_ok=True)

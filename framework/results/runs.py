@@ -25,12 +25,11 @@ class Runs(pd.DataFrame):
 
     def __init__(self, data=None, *args, store: RunStore | None = None, experiment: str = "", **kwargs):
         super().__init__(data, *args, **kwargs)
-        if store is not None or not hasattr(self, "store"):
-            self.store = store
-        if experiment or not hasattr(self, "experiment"):
-            self.experiment = experiment or getattr(data, "experiment", "")
-        if store is None and isinstance(data, Runs):
-            self.store = data.store
+        # from another view unless given (pandas carries them through its own operations: _metadata); never
+        # getattr on a plain frame, whose `experiment` is a column
+        inherited = data if isinstance(data, Runs) else None
+        self.store = store if store is not None else getattr(inherited, "store", None)
+        self.experiment = experiment or getattr(inherited, "experiment", "")
 
     @property
     def _constructor(self):
