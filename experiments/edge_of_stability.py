@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import RECIPES
+from framework.claims import Definition, Definitions
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
 from framework.results.runs import Runs
@@ -41,6 +42,50 @@ LOSS_WINDOW = 20     # steps averaged for "the loss at" a step: a single step's 
 RISES = 0.01         # share of steps at which the loss rose: gradient flow's and GD's before the crossing are 0
 TRACKS = 0.05        # relative loss difference while tracking: measured 0.007-0.014 before the crossing (seeds 0-4)
 DEPARTS = 0.10       # twice TRACKS: measured 0.13-0.41 after the crossing (seeds 0-4, eta 0.3-0.5)
+COHEN = "Cohen et al. 2021"
+FLOW_NOTE = ("gradient flow approximated by GD at a step size far below 2 / sharpness, compared by loss; Cohen et "
+             "al. use a Runge-Kutta flow and compare iterates")
+
+DEFINITIONS = Definitions(
+    Definition("progressive_sharpening", "Progressive sharpening: under gradient flow the sharpness rises during "
+               "training", quote="the sharpness tends to continually increase over the course of training, a "
+               "phenomenon we call progressive sharpening", paraphrase=True, where=f"{COHEN}, Sec. 3.1",
+               statistic="log2 sharpness at the end / at initialisation (flow run)", criterion=above(0.0),
+               source="convention: any rise, the interval over seeds judging it"),
+    Definition("sharpness_reaches_2_over_eta", "Gradient descent's sharpness rises to 2 / eta",
+               quote="the maximum eigenvalue of the training loss Hessian hovers just above the numerical value 2 / "
+                     "(step size)", where=f"{COHEN}, abstract and Fig. 1",
+               statistic="smallest over eta of max sharpness / (2 / eta)", criterion=above(1.0),
+               source="closed form: 2 / eta"),
+    Definition("sharpness_hovers", "It then hovers at 2 / eta",
+               quote="the maximum eigenvalue of the training loss Hessian hovers just above the numerical value 2 / "
+                     "(step size)", where=f"{COHEN}, abstract and Fig. 1; the lecture notes' eta < 2 / L",
+               statistic="median sharpness / (2 / eta) from the crossing on, the eta farthest from 1",
+               criterion=within(*HOVER), source="closed form: centred on 2 / eta, within the notes' 20%"),
+    Definition("loss_keeps_falling", "The loss keeps falling at the edge of stability",
+               quote="the train loss behaves non-monotonically over short timescales, yet consistently decreases "
+                     "over long timescales", where=f"{COHEN}, abstract and Sec. 3",
+               statistic=f"smallest over eta of log10 loss at the crossing / at the end ({LOSS_WINDOW}-step means)",
+               criterion=above(0.0), source="convention: any fall, the interval over seeds judging it"),
+    Definition("loss_non_monotone", "... non-monotonically",
+               quote="the train loss behaves non-monotonically over short timescales, yet consistently decreases "
+                     "over long timescales", where=f"{COHEN}, abstract and Fig. 1",
+               statistic="smallest over eta of the share of steps after the crossing at which the loss rose",
+               criterion=above(RISES), source="closed form: gradient flow's share is 0; judged at 1% of steps"),
+    Definition("gd_tracks_flow", "Gradient descent tracks gradient flow until the sharpness reaches 2 / eta",
+               quote="gradient descent closely tracks the gradient flow trajectory until the sharpness reaches 2 / "
+                     "eta", paraphrase=True, where=f"{COHEN}, Sec. 3 ({FLOW_NOTE})",
+               statistic="largest over eta of max |L_GD(t) - L_flow(t)| / L_flow(t) up to the crossing",
+               criterion=below(TRACKS), source="convention: a 5% relative loss difference (first chosen after "
+               "seeing 0.007-0.014 at seeds 0-4: not an independent noise estimate)"),
+    Definition("gd_departs_flow", "... and departs from it after",
+               quote="once the sharpness reaches 2 / eta, gradient descent departs from the gradient flow "
+                     "trajectory", paraphrase=True, where=f"{COHEN}, Sec. 3 ({FLOW_NOTE})",
+               statistic="smallest over eta of the mean |L_GD(t) - L_flow(t)| / L_flow(t) over the last third of "
+                         "flow's span", criterion=above(DEPARTS),
+               source="convention: twice the tracking bound (first chosen after seeing 0.13-0.41 at seeds 0-4: not "
+                      "an independent noise estimate)"),
+)
 
 
 def curves(runs: Runs, row) -> tuple[pd.DataFrame, pd.Series]:
@@ -96,6 +141,7 @@ class EdgeOfStability(Recipe):
     name = "edge_of_stability"
     title = "The edge of stability: progressive sharpening to 2 / eta, and gradient descent leaving gradient flow"
     papers = ["Cohen et al. 2021"]
+    definitions = DEFINITIONS
 
     def measure(self, runs: Runs) -> list[Claim]:
         flow_row = runs.matching(part="flow")
@@ -120,31 +166,18 @@ class EdgeOfStability(Recipe):
             return fn(values) if values and not any(map(math.isnan, values)) else math.nan
         hover = [v["hover_ratio"] for v in per_lr.values()]
         farthest = max(hover, key=lambda h: abs(math.log(h))) if hover and all(h > 0 for h in hover) else math.nan
+        d = self.definitions
         return [
-            Claim("Progressive sharpening: under gradient flow the sharpness rises during training",
-                  "Cohen et al. 2021, Sec. 3.1", "log2 sharpness at the end / at initialisation (flow run)",
-                  sharpening, above(0.0),
-                  {"flow_sharpness_first": float(flow["sharpness"].iloc[0]) if len(flow) else None,
-                   "flow_sharpness_last": float(flow["sharpness"].iloc[-1]) if len(flow) else None}),
-            Claim("Gradient descent's sharpness rises to 2 / eta", "Cohen et al. 2021, Fig. 1",
-                  "smallest over eta of max sharpness / (2 / eta)", worst("max_ratio"), above(1.0), per_lr),
-            Claim("It then hovers at 2 / eta", "Cohen et al. 2021, Fig. 1; the lecture notes' eta < 2 / L",
-                  "median sharpness / (2 / eta) from the crossing on, the eta farthest from 1", farthest,
-                  within(*HOVER), {k: v["hover_ratio"] for k, v in per_lr.items()}),
-            Claim("The loss keeps falling at the edge of stability", "Cohen et al. 2021, Sec. 3",
-                  f"smallest over eta of log10 loss at the crossing / at the end ({LOSS_WINDOW}-step means)",
-                  worst("loss_drop_decades"), above(0.0), {k: v["loss_drop_decades"] for k, v in per_lr.items()}),
-            Claim("... non-monotonically", "Cohen et al. 2021, Fig. 1",
-                  "smallest over eta of the share of steps after the crossing at which the loss rose",
-                  worst("share_rising"), above(RISES),
-                  {"gd": {k: v["share_rising"] for k, v in per_lr.items()}, "flow": flow_rose}),
-            Claim("Gradient descent tracks gradient flow until the sharpness reaches 2 / eta",
-                  "Cohen et al. 2021, Sec. 3",
-                  "largest over eta of max |L_GD(t) - L_flow(t)| / L_flow(t) up to the crossing",
-                  worst("tracking_error", max), below(TRACKS), {k: v["tracking_error"] for k, v in per_lr.items()}),
-            Claim("... and departs from it after", "Cohen et al. 2021, Sec. 3",
-                  "smallest over eta of the mean |L_GD(t) - L_flow(t)| / L_flow(t) over the last third of flow's span",
-                  worst("departure"), above(DEPARTS), {k: v["departure"] for k, v in per_lr.items()}),
+            d["progressive_sharpening"](sharpening, {
+                "flow_sharpness_first": float(flow["sharpness"].iloc[0]) if len(flow) else None,
+                "flow_sharpness_last": float(flow["sharpness"].iloc[-1]) if len(flow) else None}),
+            d["sharpness_reaches_2_over_eta"](worst("max_ratio"), per_lr),
+            d["sharpness_hovers"](farthest, {k: v["hover_ratio"] for k, v in per_lr.items()}),
+            d["loss_keeps_falling"](worst("loss_drop_decades"), {k: v["loss_drop_decades"] for k, v in per_lr.items()}),
+            d["loss_non_monotone"](worst("share_rising"), {"gd": {k: v["share_rising"] for k, v in per_lr.items()},
+                                                           "flow": flow_rose}),
+            d["gd_tracks_flow"](worst("tracking_error", max), {k: v["tracking_error"] for k, v in per_lr.items()}),
+            d["gd_departs_flow"](worst("departure"), {k: v["departure"] for k, v in per_lr.items()}),
         ]
 
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:

@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 
 from experiments import RECIPES
+from framework.claims import Definition, Definitions
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
-from framework.results.measures import best_rate, critical_batch, log_crossing, loglog_slope
+from framework.results.measures import best_rate, critical_batch, log_crossing, loglog_slope, on_edge
 from framework.results.runs import Runs
 from framework.verdict import Claim, above, within
 
@@ -50,6 +51,36 @@ FIT_R2 = 0.9              # S = S_min (1 + B_crit / B) explains the steps-to-tar
 AGREE = (0.1, 10.0)       # B_crit / B_simple: within an order of magnitude
 SLOPE_LR = (0.7, 1.3)     # measured / Eq. 2.7's slope: the band lr_scaling gives "linear"
 VAR_COLUMN = re.compile(r"probe/minibatch_var@(\d+)$")
+MCCANDLISH = "McCandlish et al. 2018"
+
+DEFINITIONS = Definitions(
+    Definition("variance_one_over_b", "The minibatch gradient's variance falls like 1/B",
+               quote="the variance of the gradient estimate ... is proportional to 1/B", paraphrase=True,
+               where=f"{MCCANDLISH}, Sec. 2.1 (Eq. 2.2)",
+               statistic="log-log slope of E|g_B - G|^2 (x (n-1)/(n-B)) vs B, median over probes to the target",
+               criterion=within(*SLOPE_VAR), source="closed form: slope -1, within the notes' 0.1"),
+    Definition("noise_scale_grows", "The gradient noise scale B_simple grows as the training loss falls",
+               quote="the noise scale ... increases significantly over the course of training as the loss "
+                     "decreases", paraphrase=True, where=f"{MCCANDLISH}, Sec. 3.3 and Fig. 4",
+               statistic="log10 B_simple at the target loss / B_simple at initialisation", criterion=above(0.0),
+               source="convention: any growth, the interval over seeds judging it"),
+    Definition("steps_fit_eq_2_11", "Steps to target follow S = S_min (1 + B_crit / B) over batch sizes",
+               quote="(S / S_min - 1)(E / E_min - 1) = 1", where=f"{MCCANDLISH}, Eq. 2.11; Shallue et al. 2019, "
+               "Sec. 4", statistic="R^2 of S vs 1/B at the best lr (4 batch sizes; a fewest-steps pick on the lr "
+               "grid's edge is censored)", criterion=above(FIT_R2),
+               source="convention: the fit explains 90% of the variance"),
+    Definition("critical_batch_matches_noise_scale", "The critical batch agrees with the gradient noise scale "
+               "within an order of magnitude", quote="the noise scale ... predicts the critical batch size",
+               paraphrase=True, where=f"{MCCANDLISH}, Sec. 2.2 and Fig. 7",
+               statistic="B_crit / B_simple (B_simple at the target loss)", criterion=within(*AGREE),
+               source="paper: Fig. 7's agreement is within an order of magnitude"),
+    Definition("best_lr_follows_eq_2_7", "Below the critical batch the best learning rate grows with batch size as "
+               "eps_max / (1 + B_noise / B)", quote="eps_opt(B) = eps_max / (1 + B_noise / B)",
+               where=f"{MCCANDLISH}, Eq. 2.7 (linear for B << B_noise; the lecture notes' eta_B = B eta_1)",
+               statistic="log-log slope of best lr vs batch / Eq. 2.7's slope (B_noise = B_crit), batches below "
+                         "B_crit (a best lr on its grid's edge is censored)", criterion=within(*SLOPE_LR),
+               source="closed form: ratio 1, within the band lr_scaling gives 'linear' (0.3)"),
+)
 
 
 def variance_slopes(m: pd.DataFrame, n: int, until: int | None = None) -> list[float]:
@@ -123,13 +154,13 @@ def sweep(runs: Runs) -> pd.DataFrame:
     it) and the best learning rate, refined between grid points (`best_rate`; nan: none reached it)."""
     s = runs.matching(part="sweep")
     if not len(s):
-        return pd.DataFrame(columns=["batch", "steps", "lr"])
+        return pd.DataFrame(columns=["batch", "steps", "lr", "edge"])
     target = float(s["diagnostics.target_loss"].iloc[0])
     rows = []
     for b, g in s.groupby("data.batch_size"):
         cost = pd.Series([crossing_step(runs, r, target) for _, r in g.iterrows()], index=g.index)
         rows.append({"batch": int(b), "steps": float(cost.min()), "lr": best_rate(g["optim.lr"].astype(float), cost),
-                     "lr_grid": sorted(g["optim.lr"].astype(float))})
+                     "lr_grid": sorted(g["optim.lr"].astype(float)), "edge": on_edge(g["optim.lr"], cost)})
     return pd.DataFrame(rows).sort_values("batch")
 
 
@@ -144,6 +175,7 @@ class GradientNoise(Recipe):
     name = "gradient_noise"
     title = "Gradient noise and the critical batch: the 1/B variance law, B_simple, steps to target over batch sizes"
     papers = ["McCandlish et al. 2018, An empirical model of large-batch training", "Shallue et al. 2019, JMLR"]
+    definitions = DEFINITIONS
 
     def measure(self, runs: Runs) -> list[Claim]:
         noise = runs.matching(part="noise")
@@ -163,27 +195,22 @@ class GradientNoise(Recipe):
         eq27_slope = loglog_slope(below_crit["batch"], 1 / (1 + fit["b_crit"] / below_crit["batch"]))
         table = {f"B={int(r.batch)}": {"steps": r.steps, "best_lr": r.lr} for r in best.itertuples()}
         ratio = fit["b_crit"] / b_simple if b_simple and math.isfinite(b_simple) and b_simple > 0 else math.nan
+        edges = [int(b) for b, e in zip(best["batch"], best["edge"]) if e]
+        fit_edge = f"fewest steps on the lr grid's edge at batch {', '.join(map(str, edges))}" if edges else None
+        lr_edges = [b for b in edges if b in set(int(x) for x in below_crit["batch"])]
+        lr_edge = f"best lr on its grid's edge at batch {', '.join(map(str, lr_edges))}" if lr_edges else None
+        d = self.definitions
         return [
-            Claim("The minibatch gradient's variance falls like 1/B", "McCandlish et al. 2018, Sec. 2.1",
-                  "log-log slope of E|g_B - G|^2 (x (n-1)/(n-B)) vs B, median over probes to the target",
-                  float(np.median(slopes)) if slopes else math.nan, within(*SLOPE_VAR),
-                  {"slopes": [round(s, 3) for s in slopes], "n": n}),
-            Claim("The gradient noise scale B_simple grows as the training loss falls",
-                  "McCandlish et al. 2018, Sec. 3.3 and Fig. 4",
-                  "log10 B_simple at the target loss / B_simple at initialisation", growth, above(0.0),
-                  noise_scale | {"target_loss": target}),
-            Claim("Steps to target follow S = S_min (1 + B_crit / B) over batch sizes",
-                  "McCandlish et al. 2018, Eq. 2.11; Shallue et al. 2019, Sec. 4", "R^2 of S vs 1/B at the best lr",
-                  fit["r2"], above(FIT_R2), fit | table),
-            Claim("The critical batch agrees with the gradient noise scale within an order of magnitude",
-                  "McCandlish et al. 2018, Sec. 2.2 and Fig. 7", "B_crit / B_simple (B_simple at the target loss)",
-                  ratio, within(*AGREE), {"b_crit": fit["b_crit"], "b_simple_at_target": b_simple}),
-            Claim("Below the critical batch the best learning rate grows with batch size as eps_max / (1 + B_noise / B)",
-                  "McCandlish et al. 2018, Eq. 2.7 (linear for B << B_noise; the lecture notes' eta_B = B eta_1)",
-                  "log-log slope of best lr vs batch / Eq. 2.7's slope (B_noise = B_crit), batches below B_crit",
-                  lr_slope / eq27_slope if eq27_slope > 0 else math.nan, within(*SLOPE_LR),
-                  {"b_crit": fit["b_crit"], "batches": [int(b) for b in below_crit["batch"]],
-                   "measured_slope": lr_slope, "eq_2_7_slope": eq27_slope} | table),
+            d["variance_one_over_b"](float(np.median(slopes)) if slopes else math.nan,
+                                     {"slopes": [round(s, 3) for s in slopes], "n": n}),
+            d["noise_scale_grows"](growth, noise_scale | {"target_loss": target}),
+            d["steps_fit_eq_2_11"](fit["r2"], fit | table, fit_edge),
+            d["critical_batch_matches_noise_scale"](ratio, {"b_crit": fit["b_crit"], "b_simple_at_target": b_simple},
+                                                    fit_edge),
+            d["best_lr_follows_eq_2_7"](lr_slope / eq27_slope if eq27_slope > 0 else math.nan,
+                                        {"b_crit": fit["b_crit"], "batches": [int(b) for b in below_crit["batch"]],
+                                         "measured_slope": lr_slope, "eq_2_7_slope": eq27_slope} | table,
+                                        lr_edge or fit_edge),
         ]
 
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import RECIPES
+from framework.claims import Definition, Definitions
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
 from framework.results.measures import loss_reduction
@@ -49,6 +50,63 @@ FEW, MOST = 0.10, 0.50
 IDENTICAL = 1e-6
 TRAINS, STALLED = 0.50, 0.10
 RELU_GAINS = {"he_relu": 2.0, "lecun_relu": 1.0, "double_relu": 4.0}
+HE, GB = "He et al. 2015", "Glorot & Bengio 2010"
+LOSS_DROP = "1 - final / initial training loss"
+KEPT = "max |log10| of Var(a_L) / Var(a_1) and |dL/da_1|^2 / |dL/da_L|^2 at initialisation (decades)"
+
+DEFINITIONS = Definitions(
+    Definition("he_keeps_variances", "He init keeps a ReLU net's activation and back-propagated gradient variances "
+               "over 50 layers", quote="a proper initialization method should avoid reducing or magnifying the "
+               "magnitudes of input signals exponentially", where=f"{HE}, Sec. 2.2, Eqs. 10 and 14",
+               statistic=KEPT, criterion=below(BAND),
+               source="measured noise: finite-width spread ~0.4 decades at 50 x 256; judged at one decade"),
+    Definition("xavier_keeps_tanh_variances", "Xavier init keeps a tanh net's activation and back-propagated "
+               "gradient variances over 50 layers", quote="we would like ... the variance of the back-propagated "
+               "gradients to be the same across layers", paraphrase=True,
+               where=f"{GB}, Sec. 4.2.1 and Figs. 6-7 (5 layers there; 50 here)", statistic=KEPT,
+               criterion=below(BAND),
+               source="measured noise: finite-width spread ~0.4 decades at 50 x 256; judged at one decade"),
+    Definition("variance_theory_holds", "Under N(0, g/n) both ratios follow (g/2)^(L-1) for ReLU (1/n collapses, "
+               "4/n explodes) and the mean-field recursion for Xavier + tanh",
+               quote="the product of (1/2) n_l Var[w_l] over layers ... a factor that can be exponentially large "
+                     "or small", paraphrase=True, where=f"{HE}, Eqs. 10 and 14; Poole et al. 2016",
+               statistic="largest |log2 measured / predicted| per 10 layers over g = 1, 2, 4 (ReLU) and Xavier tanh",
+               criterion=below(PER_10_LAYERS), source="closed form: the prediction, within one doubling per 10 "
+               "layers"),
+    Definition("xavier_few_saturate", "With Xavier init few tanh pre-activations saturate",
+               quote="with the normalized initialization ... the saturation ... does not occur", paraphrase=True,
+               where=f"{GB}, Sec. 4.2.1 and Fig. 6",
+               statistic="mean share of hidden pre-activations outside [-2, 2] at initialisation",
+               criterion=below(FEW), source="convention: under a tenth is 'few'"),
+    Definition("normal_most_saturate", "With N(0, 1) init most tanh pre-activations saturate",
+               quote="with large initial weights the tanh units saturate", paraphrase=True,
+               where=f"{GB}, Sec. 4.2.1",
+               statistic="mean share of hidden pre-activations outside [-2, 2] at initialisation",
+               criterion=above(MOST), source="convention: over half is 'most'"),
+    Definition("constant_init_symmetric", "Constant initialisation keeps hidden units identical through training",
+               quote="if all weights start equal, every hidden unit computes the same function and receives the "
+                     "same gradient: random initialisation breaks the symmetry", paraphrase=True,
+               where="the lecture notes",
+               statistic="largest difference between two hidden units' incoming weights over 10 epochs",
+               criterion=below(IDENTICAL), source="closed form: exactly 0 in exact arithmetic; 1e-6 for float32"),
+    Definition("deep_relu_trains_he", "A 30-layer ReLU net trains under He init",
+               quote="our initialization method ... allows the 30-layer model to converge", paraphrase=True,
+               where=f"{HE}, Fig. 3", statistic=LOSS_DROP, criterion=above(TRAINS),
+               source="convention: a loss that falls by more than half has trained"),
+    Definition("deep_relu_stalls_lecun", "A 30-layer ReLU net stalls under 1/n init",
+               quote="the Xavier initialization ... completely stalls ... for the 30-layer model", paraphrase=True,
+               where=f"{HE}, Fig. 3", statistic=LOSS_DROP, criterion=below(STALLED),
+               source="convention: a loss that falls by less than a tenth has not trained"),
+    Definition("sigmoid_output_trains_ce", "A saturated sigmoid output trains with cross-entropy",
+               quote="the cross-entropy ... is much less prone to plateaus than the quadratic cost with saturated "
+                     "sigmoid outputs", paraphrase=True, where=f"{GB}, Sec. 4.2",
+               statistic=LOSS_DROP, criterion=above(TRAINS),
+               source="convention: a loss that falls by more than half has trained"),
+    Definition("sigmoid_output_stalls_mse", "A saturated sigmoid output stalls with squared error",
+               quote="the quadratic cost ... plateaus when sigmoid outputs saturate", paraphrase=True,
+               where=f"{GB}, Sec. 4.2", statistic=LOSS_DROP, criterion=below(STALLED),
+               source="convention: a loss that falls by less than a tenth has not trained"),
+)
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(101)  # Gauss-Hermite rule for E over z ~ N(0, 1)
 
 
@@ -113,6 +171,7 @@ class Initialisation(Recipe):
     name = "initialisation"
     title = "Initialisation: variance through depth, saturation, symmetry, and what they do to training"
     papers = ["Glorot & Bengio 2010", "He et al. 2015", "Poole et al. 2016", "Hanin & Rolnick 2018"]
+    definitions = DEFINITIONS
 
     def measure(self, runs: Runs) -> list[Claim]:
         var = runs.matching(part="variance")
@@ -145,41 +204,19 @@ class Initialisation(Recipe):
 
         def ratios(m: dict) -> dict:
             return {"forward_var_ratio": m["forward"], "backward_var_ratio": m["backward"], "hidden_layers": m["layers"]}
+        d = self.definitions
         return [
-            Claim("He init keeps a ReLU net's activation and back-propagated gradient variances over 50 layers",
-                  "He et al. 2015, Sec. 2.2, Eqs. 10 and 14",
-                  "max |log10| of Var(a_L) / Var(a_1) and |dL/da_1|^2 / |dL/da_L|^2 at initialisation (decades)",
-                  kept(he), below(BAND), ratios(he)),
-            Claim("Xavier init keeps a tanh net's activation and back-propagated gradient variances over 50 layers",
-                  "Glorot & Bengio 2010, Figs. 6-7 (5 layers there)",
-                  "max |log10| of Var(a_L) / Var(a_1) and |dL/da_1|^2 / |dL/da_L|^2 at initialisation (decades)",
-                  kept(xavier), below(BAND), ratios(xavier)),
-            Claim("Under N(0, g/n) both ratios follow (g/2)^(L-1) for ReLU (1/n collapses, 4/n explodes) and the "
-                  "mean-field recursion for Xavier + tanh",
-                  "He et al. 2015, Eqs. 10 and 14; Poole et al. 2016",
-                  "largest |log2 measured / predicted| per 10 layers over g = 1, 2, 4 (ReLU) and Xavier tanh",
-                  worst, below(PER_10_LAYERS), {"per_10_layers": deviations, "ratios": predicted}),
-            Claim("With Xavier init few tanh pre-activations saturate", "Glorot & Bengio 2010, Sec. 4.2.1 and Fig. 6",
-                  "mean share of hidden pre-activations outside [-2, 2] at initialisation", xavier["saturation"],
-                  below(FEW), {"xavier_tanh": xavier["saturation"]}),
-            Claim("With N(0, 1) init most tanh pre-activations saturate", "Glorot & Bengio 2010, Sec. 4.2.1",
-                  "mean share of hidden pre-activations outside [-2, 2] at initialisation",
-                  measured.get("normal_tanh", blank)["saturation"], above(MOST),
-                  {"normal_tanh": measured.get("normal_tanh", blank)["saturation"]}),
-            Claim("Constant initialisation keeps hidden units identical through training",
-                  "the lecture notes: random initialisation breaks symmetry",
-                  "largest difference between two hidden units' incoming weights over 10 epochs",
-                  spread.get("constant", math.nan), below(IDENTICAL), {"max_unit_spread": spread}),
-            Claim("A 30-layer ReLU net trains under He init", "He et al. 2015, Fig. 3",
-                  "1 - final / initial training loss", deep_drop.get("he", math.nan), above(TRAINS), deep_drop),
-            Claim("A 30-layer ReLU net stalls under 1/n init", "He et al. 2015, Fig. 3",
-                  "1 - final / initial training loss", deep_drop.get("lecun", math.nan), below(STALLED), deep_drop),
-            Claim("A saturated sigmoid output trains with cross-entropy", "Glorot & Bengio 2010, Sec. 4.2",
-                  "1 - final / initial training loss", out_drop.get("cross_entropy", math.nan), above(TRAINS),
-                  out_drop),
-            Claim("A saturated sigmoid output stalls with squared error", "Glorot & Bengio 2010, Sec. 4.2",
-                  "1 - final / initial training loss", out_drop.get("squared_error", math.nan), below(STALLED),
-                  out_drop),
+            d["he_keeps_variances"](kept(he), ratios(he)),
+            d["xavier_keeps_tanh_variances"](kept(xavier), ratios(xavier)),
+            d["variance_theory_holds"](worst, {"per_10_layers": deviations, "ratios": predicted}),
+            d["xavier_few_saturate"](xavier["saturation"], {"xavier_tanh": xavier["saturation"]}),
+            d["normal_most_saturate"](measured.get("normal_tanh", blank)["saturation"],
+                                      {"normal_tanh": measured.get("normal_tanh", blank)["saturation"]}),
+            d["constant_init_symmetric"](spread.get("constant", math.nan), {"max_unit_spread": spread}),
+            d["deep_relu_trains_he"](deep_drop.get("he", math.nan), deep_drop),
+            d["deep_relu_stalls_lecun"](deep_drop.get("lecun", math.nan), deep_drop),
+            d["sigmoid_output_trains_ce"](out_drop.get("cross_entropy", math.nan), out_drop),
+            d["sigmoid_output_stalls_mse"](out_drop.get("squared_error", math.nan), out_drop),
         ]
 
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import RECIPES
+from framework.claims import Definition, Definitions
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
 from framework.results.measures import fewest_steps, loglog_slope, loss_reduction
@@ -37,6 +38,45 @@ SLOPE_GD = (0.9, 1.1)     # log steps vs log kappa: O(kappa) iterations (Polyak 
 SLOPE_HB = (0.4, 0.6)     # O(sqrt(kappa)) for heavy ball at Polyak's tuning (Polyak 1964, Theorem 9)
 STALLED = 0.10        # loss fell by less than this fraction of its start
 SLOWER = 5.0          # "slows": at least this factor in steps (the notes' protocol)
+LECUN = "LeCun et al. 1998"
+
+DEFINITIONS = Definitions(
+    Definition("stability_bound", "Gradient descent on a quadratic converges iff the step size is below 2 / "
+               "lambda_max", quote="if eta > 2 eta_opt ... the weights diverge; eta_opt = 1 / lambda_max",
+               paraphrase=True, where=f"{LECUN}, Sec. 5.1 (eta_max = 2 / lambda_max)",
+               statistic="position of log(2 / lambda_max) between the last converging and first failing step size "
+                         "(lambda_max measured at step 0)", criterion=within(0.0, 1.0),
+               source="closed form: 2 / lambda_max lies in the bracket"),
+    Definition("gd_steps_kappa", "Gradient descent needs steps proportional to the condition number",
+               quote="the number of iterations ... is proportional to the condition number lambda_max / lambda_min",
+               paraphrase=True, where=f"{LECUN}, Sec. 5.1; Polyak 1964",
+               statistic=f"log-log slope of steps from {WINDOW[0]:g} to {WINDOW[1]:g} of the start loss vs kappa, "
+                         f"GD at 2 / (L + mu)", criterion=within(*SLOPE_GD),
+               source="closed form: slope 1 (O(kappa) iterations), within 0.1"),
+    Definition("heavy_ball_steps_sqrt_kappa", "Heavy-ball momentum at Polyak's tuning needs steps proportional to "
+               "sqrt(kappa)", quote="the heavy ball method converges at the rate (sqrt(kappa) - 1) / (sqrt(kappa) + "
+               "1)", paraphrase=True, where="Polyak 1964, Theorem 9",
+               statistic=f"log-log slope of steps from {WINDOW[0]:g} to {WINDOW[1]:g} of the start loss vs kappa, "
+                         f"heavy ball", criterion=within(*SLOPE_HB),
+               source="closed form: slope 1/2 (O(sqrt(kappa)) iterations), within 0.1"),
+    Definition("small_lr_stalls", "On an MLP the smallest learning rate stalls",
+               quote="if the learning rate is too small, learning is very slow", paraphrase=True,
+               where=f"{LECUN}, Sec. 5; the lecture notes",
+               statistic="training loss reduction at the sweep's smallest lr", criterion=below(STALLED),
+               source="convention: a loss that falls by less than a tenth has not trained"),
+    Definition("large_lr_diverges", "On an MLP the largest learning rate diverges",
+               quote="if the learning rate is too large, the weights oscillate or diverge", paraphrase=True,
+               where=f"{LECUN}, Sec. 5; the lecture notes",
+               statistic="log10 final / initial training loss at the largest lr (inf: not finite)",
+               criterion=above(0.0), source="closed form: a loss above its start"),
+    Definition("scaling_slows", "Badly scaled inputs slow SGD; standardising them restores the speed",
+               quote="convergence is usually faster if the average of each input variable over the training set "
+                     "is close to zero ... scale input variables so that their covariances are about the same",
+               paraphrase=True, where=f"{LECUN}, Sec. 4.3",
+               statistic="steps to target, inputs scaled x1..x100 / standardised (each at its best step size; a "
+                         "best step size on its grid's edge is censored)", criterion=above(SLOWER),
+               source="convention: the notes' factor 5"),
+)
 
 
 def _curve(runs: Runs, row) -> pd.Series:
@@ -120,6 +160,7 @@ class StepSize(Recipe):
     name = "step_size"
     title = "Step size and curvature: the 2 / lambda_max bound, condition numbers, learning-rate extremes, input scaling"
     papers = ["LeCun et al. 1998, Efficient BackProp, Sec. 4.3 and 5", "Polyak 1964"]
+    definitions = DEFINITIONS
 
     def measure(self, runs: Runs) -> list[Claim]:
         b = bracket(runs)
@@ -140,33 +181,21 @@ class StepSize(Recipe):
         std = scaling[scaling["data.standardise"].astype(bool)] if len(scaling) else scaling
         (raw_steps, raw_lr), (std_steps, std_lr) = fewest_steps(raw), fewest_steps(std)
         ratio = raw_steps / std_steps if math.isfinite(std_steps) and std_steps > 0 else math.nan
+        edges = [f"{name} best lr {lr:g} on its grid's edge" for name, rows, lr in (("raw", raw, raw_lr),
+                 ("standardised", std, std_lr)) if len(rows) and math.isfinite(lr)
+                 and lr in (float(rows["optim.lr"].min()), float(rows["optim.lr"].max()))]
         lr_edges = {"raw_lr_grid": sorted(raw["optim.lr"].astype(float)) if len(raw) else [],
                     "standardised_lr_grid": sorted(std["optim.lr"].astype(float)) if len(std) else []}
+        d = self.definitions
         return [
-            Claim("Gradient descent on a quadratic converges iff the step size is below 2 / lambda_max",
-                  "LeCun et al. 1998, Sec. 5.1 (eta_max = 2 / lambda_max)",
-                  "position of log(2 / lambda_max) between the last converging and first failing step size",
-                  b["position"], within(0.0, 1.0), b),
-            Claim("Gradient descent needs steps proportional to the condition number",
-                  "LeCun et al. 1998, Sec. 5.1; Polyak 1964",
-                  f"log-log slope of steps from {WINDOW[0]:g} to {WINDOW[1]:g} of the start loss vs kappa, GD at 2 / (L + mu)", gd,
-                  within(*SLOPE_GD), gd_steps),
-            Claim("Heavy-ball momentum at Polyak's tuning needs steps proportional to sqrt(kappa)",
-                  "Polyak 1964, Theorem 9", f"log-log slope of steps from {WINDOW[0]:g} to {WINDOW[1]:g} of the start loss vs kappa, heavy ball",
-                  hb, within(*SLOPE_HB), hb_steps),
-            Claim("On an MLP the smallest learning rate stalls", "LeCun et al. 1998, Sec. 5; the lecture notes",
-                  f"training loss reduction at lr {small['optim.lr'] if small is not None else '?'}",
-                  loss_reduction(small), below(STALLED),
-                  {"lr": None if small is None else float(small["optim.lr"])}),
-            Claim("On an MLP the largest learning rate diverges", "LeCun et al. 1998, Sec. 5; the lecture notes",
-                  "log10 final / initial training loss at the largest lr (inf: not finite)", growth(large), above(0.0),
-                  {"lr": None if large is None else float(large["optim.lr"]),
-                   "status": None if large is None else large["status"]}),
-            Claim("Badly scaled inputs slow SGD; standardising them restores the speed",
-                  "LeCun et al. 1998, Sec. 4.3", "steps to target, inputs scaled x1..x100 / standardised "
-                  "(each at its best step size)", ratio, above(SLOWER),
-                  {"raw_steps": raw_steps, "raw_best_lr": raw_lr, "standardised_steps": std_steps,
-                   "standardised_best_lr": std_lr} | lr_edges),
+            d["stability_bound"](b["position"], b),
+            d["gd_steps_kappa"](gd, gd_steps),
+            d["heavy_ball_steps_sqrt_kappa"](hb, hb_steps),
+            d["small_lr_stalls"](loss_reduction(small), {"lr": None if small is None else float(small["optim.lr"])}),
+            d["large_lr_diverges"](growth(large), {"lr": None if large is None else float(large["optim.lr"]),
+                                                   "status": None if large is None else large["status"]}),
+            d["scaling_slows"](ratio, {"raw_steps": raw_steps, "raw_best_lr": raw_lr, "standardised_steps": std_steps,
+                                       "standardised_best_lr": std_lr} | lr_edges, "; ".join(edges) or None),
         ]
 
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:

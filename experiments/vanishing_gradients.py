@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import RECIPES
+from framework.claims import Definition, Definitions
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
 from framework.results.measures import last_epoch_loss, loss_reduction
@@ -42,17 +43,64 @@ STALLED = 0.10       # training loss fell by less than this fraction of its star
 TRAINS = 0.50        # training loss fell by more than this fraction of its start
 DECADE = 1.0         # |log10 ratio| within this: the scale is kept over depth
 
-
-FLOAT32_TINY = 1.4e-45  # the smallest positive float32: a ratio that underflowed to 0 is at most this
+DEFINITIONS = Definitions(
+    Definition("deep_gradient_vanishes",
+               "In a plain 50-layer sigmoid net the first hidden layer's back-propagated gradient is orders of "
+               "magnitude below the last one's at initialisation",
+               quote="the back-propagated gradients get smaller as they are propagated towards the lower layers "
+                     "(their Fig. 7 shows it for tanh; here the sigmoid net)",
+               paraphrase=True, where="Glorot & Bengio 2010, Sec. 4.2.2 and Fig. 7; Bengio et al. 1994",
+               statistic="log10 ||dL/da_first|| / ||dL/da_last|| at init, computed in float64 (in float32 the "
+                         "first layer's gradient underflows to 0)",
+               criterion=below(VANISHED), source="convention: two decades, 'orders of magnitude'"),
+    Definition("deep_plain_stalls", "The plain 50-layer sigmoid net's training loss stalls near its start",
+               quote="deep plain sigmoid networks trained from random initialisation with gradient descent make "
+                     "little progress: the gradient vanishes before it reaches the lower layers",
+               paraphrase=True, where="Bengio et al. 1994; Glorot & Bengio 2010, Sec. 4.1",
+               statistic="training loss reduction (1 - final / initial)", criterion=below(STALLED),
+               source="convention: a loss that falls by less than a tenth has not trained"),
+    Definition("shallow_control_trains", "Control: a plain 2-layer sigmoid net trains",
+               quote="shallow sigmoid networks train with standard initialisation (the control the deep net is "
+                     "compared with)", paraphrase=True, where="Glorot & Bengio 2010, Sec. 4",
+               statistic="training loss reduction (1 - final / initial)", criterion=above(TRAINS),
+               source="convention: a loss that falls by more than half has trained"),
+    Definition("residual_trains", "A residual 50-layer sigmoid net trains where the plain one stalls",
+               quote="Our extremely deep residual nets are easy to optimize, but the counterpart \"plain\" nets "
+                     "(that simply stack layers) exhibit higher training error when the depth increases",
+               where="He et al. 2016, Sec. 1 and Fig. 1 (they attribute the plain nets' failure to optimisation "
+                     "difficulty, not to vanishing gradients: their plain nets have batch norm)",
+               statistic="training loss reduction (1 - final / initial), residual net", criterion=above(TRAINS),
+               source="convention: a loss that falls by more than half has trained"),
+    Definition("batch_norm_trains",
+               "A batch-norm 50-layer sigmoid net trains, at the plain net's learning rate",
+               quote="Batch Normalization allows us to use much higher learning rates and be less careful about "
+                     "initialization", where="Ioffe & Szegedy 2015, abstract and Sec. 3.3",
+               statistic="training loss reduction in training mode: the last epoch's mean training loss over the "
+                         "first step's (both on batch statistics)",
+               criterion=above(TRAINS), source="convention: a loss that falls by more than half has trained"),
+    Definition("he_keeps_gradient_scale",
+               "In a 30-layer ReLU net He init keeps the back-propagated gradient's scale over depth",
+               quote="a proper initialization method should avoid reducing or magnifying the magnitudes of input "
+                     "signals exponentially", where="He et al. 2015, Sec. 2.2 (Eq. 14)",
+               statistic="log10 ||dL/da_first|| / ||dL/da_last|| at init, He init",
+               criterion=within(-DECADE, DECADE),
+               source="convention: within a decade of 1 (the theory's ratio is 1 in the wide limit)"),
+    Definition("xavier_loses_activations",
+               "In the same 30-layer ReLU net Xavier init loses the activations' variance over depth",
+               quote="with Xavier initialisation a ReLU net's forward signal is halved in variance at every layer "
+                     "(Eq. 10 with a factor 1/2 per layer)", paraphrase=True,
+               where="He et al. 2015, Sec. 2.2 (Eq. 10); Glorot & Bengio 2010, Sec. 4.2",
+               statistic="log10 Var(a_last) / Var(a_first) at init, Xavier init", criterion=below(VANISHED),
+               source="closed form: (1/2)^29 is 8.7 decades; judged at two decades, 'orders of magnitude'"),
+)
 
 
 def _log10(row, key) -> float:
-    """log10 of a ratio; one whose gradient underflowed float32 to 0 counts as the smallest float32 (a bound:
-    the true ratio is at most that), so the mean over seeds stays a number."""
+    """log10 of a ratio; nan when unknown or 0 (a ratio that underflowed measured nothing)."""
     v = row.get(key) if row is not None else None
-    if v is None or pd.isna(v) or v < 0:
+    if v is None or pd.isna(v) or v <= 0:
         return float("nan")
-    return math.log10(max(v, FLOAT32_TINY))
+    return math.log10(v)
 
 
 def _numbers(row, *keys) -> dict:
@@ -65,15 +113,19 @@ KEYS = ("backprop_ratio_at_init", "act_var_ratio_at_init", "initial_train_loss",
 
 
 def training_mode_reduction(runs: Runs, row) -> float:
-    """1 - last epoch's mean training loss (training mode) / initial training loss: for the batch-norm net, whose
-    train_loss (eval mode) runs on running statistics. Runs stored before the summary recorded it are read from
-    their metrics.csv."""
+    """1 - last epoch's mean training loss / the first step's, both in training mode (batch statistics): for the
+    batch-norm net, whose summary losses (eval mode) run on running statistics."""
     if row is None or row.get("status") not in ("done", "diverged"):
         return math.nan
+    curve = runs.curve(row)
+    if "train/loss" not in curve:
+        return math.nan
+    losses = curve.dropna(subset=["train/loss"]).sort_values("step")["train/loss"]
     last = row.get("train_loss_last_epoch")
     if last is None or pd.isna(last):
-        last = last_epoch_loss(runs.curve(row))
-    return loss_reduction(row, final=last)
+        last = last_epoch_loss(curve)
+    first = float(losses.iloc[0]) if len(losses) else math.nan
+    return float(1 - last / first) if first > 0 else math.nan
 
 
 @RECIPES.register("vanishing_gradients")
@@ -82,6 +134,7 @@ class VanishingGradients(Recipe):
     title = "Vanishing gradients in deep plain nets, fixed by residual connections, batch norm and init"
     papers = ["Bengio et al. 1994", "Glorot & Bengio 2010", "He et al. 2015", "He et al. 2016",
               "Ioffe & Szegedy 2015"]
+    definitions = DEFINITIONS
 
     def measure(self, runs: Runs) -> list[Claim]:
         sigmoid = runs.matching(**{"model.activation": "sigmoid"})
@@ -96,32 +149,17 @@ class VanishingGradients(Recipe):
         res, bn = at(deep, "sigmoid", "residual"), at(deep, "sigmoid", "batch_norm")
         xavier, he = at(relu_depth, "relu", "xavier"), at(relu_depth, "relu", "he_init")
 
-        def trains(row, what, reference):
-            return Claim(what, reference, "training loss reduction", loss_reduction(row), above(TRAINS),
-                         _numbers(row, *KEYS))
         pair = {"he": _numbers(he, *KEYS), "xavier": _numbers(xavier, *KEYS),
                 "theory_decades": (relu_depth - 1) / 2 * math.log10(2) if relu_depth else None}
+        d = self.definitions
         return [
-            Claim(f"In a plain {deep}-layer sigmoid net the first hidden layer's back-propagated gradient is orders "
-                  f"of magnitude below the last one's at initialisation", "Glorot & Bengio 2010, Fig. 7 and Sec. 4.2",
-                  "log10 ||dL/da_first|| / ||dL/da_last|| at init", _log10(plain, "backprop_ratio_at_init"),
-                  below(VANISHED), _numbers(plain, *KEYS)),
-            Claim(f"The plain {deep}-layer sigmoid net's training loss stalls near its start",
-                  "Bengio et al. 1994; Glorot & Bengio 2010, Sec. 4.1", "training loss reduction",
-                  loss_reduction(plain), below(STALLED), _numbers(plain, *KEYS)),
-            trains(small, f"Control: a plain {shallow}-layer sigmoid net trains", "Glorot & Bengio 2010, Sec. 4"),
-            trains(res, f"A residual {deep}-layer sigmoid net trains", "He et al. 2016, Fig. 1 and Sec. 3.1"),
-            Claim(f"A batch-norm {deep}-layer sigmoid net trains", "Ioffe & Szegedy 2015, Sec. 3.3",
-                  "training loss reduction (the last epoch's mean, in training mode)",
-                  training_mode_reduction(runs, bn), above(TRAINS),
-                  _numbers(bn, *KEYS, "train_loss_last_epoch")),
-            Claim(f"In a {relu_depth}-layer ReLU net He init keeps the back-propagated gradient's scale over depth",
-                  "He et al. 2015, Sec. 2.2 (Eq. 14)", "log10 ||dL/da_first|| / ||dL/da_last|| at init, He init",
-                  _log10(he, "backprop_ratio_at_init"), within(-DECADE, DECADE), pair),
-            Claim(f"In the same {relu_depth}-layer ReLU net Xavier init loses the activations' variance over depth",
-                  "He et al. 2015, Sec. 2.2 (Eq. 10); Glorot & Bengio 2010, Sec. 4.2",
-                  "log10 Var(a_last) / Var(a_first) at init, Xavier init", _log10(xavier, "act_var_ratio_at_init"),
-                  below(VANISHED), pair),
+            d["deep_gradient_vanishes"](_log10(plain, "backprop_ratio_at_init"), _numbers(plain, *KEYS)),
+            d["deep_plain_stalls"](loss_reduction(plain), _numbers(plain, *KEYS)),
+            d["shallow_control_trains"](loss_reduction(small), _numbers(small, *KEYS)),
+            d["residual_trains"](loss_reduction(res), _numbers(res, *KEYS)),
+            d["batch_norm_trains"](training_mode_reduction(runs, bn), _numbers(bn, *KEYS, "train_loss_last_epoch")),
+            d["he_keeps_gradient_scale"](_log10(he, "backprop_ratio_at_init"), pair),
+            d["xavier_loses_activations"](_log10(xavier, "act_var_ratio_at_init"), pair),
         ]
 
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:

@@ -34,11 +34,13 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     n_train: int = 0                # >0: keep only this many training samples
-    split_seed: int = 0             # the split is fixed across run seeds
+    split_seed: int = 0             # the draw of the data (split, label noise, synthetic problem): set to the seed
     batch_size: int = 64
     order_seed: int = 0             # >0: the training batches are drawn in another order than the run seed's alone
                                     # (runs of one seed that must not share their batches: independent SGD chains)
     label_noise: float = 0.0        # fraction of training labels replaced by a uniformly random class
+    label_noise_wrong: bool = False # true: the replacement is a random *other* class, never the true one
+                                    # (Nakkiran et al. 2019); false: any class, the true one included (Zhang et al.)
     corruption: str = "none"        # registry: framework.data.CORRUPTIONS (shuffled_pixels, random_pixels, gaussian)
     positive_fraction: float = 0.7  # wilson: P(y = +1)
     augment: str = "none"           # registry: framework.data.AUGMENTATIONS (none, crop, crop_flip), on the device

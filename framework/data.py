@@ -76,16 +76,20 @@ def scale_features(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (flat * factors).reshape(x.shape)
 
 
-def corrupt_labels(y: torch.Tensor, fraction: float, n_classes: int, rng) -> torch.Tensor:
-    """Each label is replaced with probability `fraction` by a uniformly random class (it may stay the same)."""
+def corrupt_labels(y: torch.Tensor, fraction: float, n_classes: int, rng, wrong: bool = False) -> torch.Tensor:
+    """Each label is replaced with probability `fraction` by a uniformly random class: any class (it may stay the
+    same; Zhang et al.'s random labels), or with `wrong` one of the other n_classes - 1 (Nakkiran et al.'s noise)."""
     hit = torch.from_numpy(rng.uniform(size=len(y)) < fraction)
+    if wrong:
+        shift = torch.from_numpy(rng.integers(1, n_classes, size=len(y)))
+        return torch.where(hit, (y + shift) % n_classes, y)
     random = torch.from_numpy(rng.integers(0, n_classes, size=len(y)))
     return torch.where(hit, random, y)
 
 
 def build_splits(cfg) -> Splits:
-    """cfg: DataConfig. The split depends on data.split_seed only, never on the run's seed; corruptions and
-    label noise draw from their own streams, so every condition of a sweep shares one split. A dataset with an
+    """cfg: DataConfig. The split depends on data.split_seed only (the grid sets it to the run's seed); corruptions
+    and label noise draw from their own streams, so every condition of a seed's sweep shares one split. A dataset with an
     official test split keeps it (test_fraction is then unused) and draws the validation split from its
     training pool."""
     rng = np.random.default_rng([cfg.split_seed, 0])
@@ -112,7 +116,8 @@ def build_splits(cfg) -> Splits:
     if cfg.label_noise > 0:
         if not ds.n_classes:
             raise UserError(f"data.label_noise needs a classification dataset; {cfg.name} has real-valued targets")
-        y_train = corrupt_labels(y_train, cfg.label_noise, ds.n_classes, np.random.default_rng([cfg.split_seed, 3]))
+        y_train = corrupt_labels(y_train, cfg.label_noise, ds.n_classes, np.random.default_rng([cfg.split_seed, 3]),
+                                 cfg.label_noise_wrong)
     if ds.standardise and cfg.standardise:
         # Statistics of the training split: per channel for images, per feature otherwise; constant features
         # (digits' always-blank border) are left unscaled.

@@ -7,9 +7,10 @@
     default_scale: cpu
 
 Seeds are the framework's axis, never the grid's: each scale declares how many it runs (`seeds`, default
-DEFAULT_SEEDS), `--seeds N --seed-base B` overrides both, and every grid point runs at seeds B ... B+N-1 with the
-same data split (data.split_seed), unless the YAML says `data_per_seed: true` (then data.split_seed = seed: each
-seed draws its own data, for synthetic problems whose draw is part of the claim).
+DEFAULT_SEEDS), `--seeds N --seed-base B` overrides both, and every grid point runs at seeds B ... B+N-1. Each seed
+draws its own data (data.split_seed = seed: the split, test set, label-noise draw and synthetic data), and all the
+runs of one seed share it, so that a claim comparing runs compares them on one draw (paired) while its interval
+over seeds includes the data-sampling variance (Bouthillier et al. 2021).
 """
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
                     g[key] = [value]
             typed[key] = value
     base_cfg = apply(RunConfig(), {**base, "experiment": name})
+    if "data.split_seed" in typed:
+        raise UserError("data.split_seed: each seed draws its own data (data.split_seed = seed); --seed-base B "
+                        "draws other data")
     apply(base_cfg, typed)  # a bad typed key fails here, named, before any grid is expanded
 
     count = len(seed_list) * sum(math.prod(len(v) if isinstance(v, (list, dict)) and v else 1 for v in g.values())
@@ -110,19 +114,20 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
                                 f"named overrides, got {values!r}")
         combos += list(itertools.product(*axes, [("seed", s, {"seed": s}, False) for s in seed_list]))
     runs, seen = [], set()
-    data_per_seed = spec.get("data_per_seed", False)
-    if not isinstance(data_per_seed, bool):
-        raise UserError(f"{where}data_per_seed: expected true or false, got {data_per_seed!r}")
+    if spec.get("data_per_seed", True) is not True:
+        raise UserError(f"{where}data_per_seed: every seed draws its own data now (data.split_seed = seed); remove "
+                        f"the key")
     for combo in combos:
         changes, labels, axis_values = {}, [], {}
         for axis, value, bundle, named in combo:
             changes.update(bundle)
-            if axis == "seed" and data_per_seed:
+            if axis == "seed":
                 changes["data.split_seed"] = value
             axis_values[axis] = value
             if axis != "seed":
                 labels.append(str(value) if named else _axis_label(axis, value))
-        cfg = apply(base_cfg, {**changes, **typed, "variant": "_".join(labels) or "default"})
+        cfg = apply(base_cfg, {**changes, **typed, "data.split_seed": changes["data.split_seed"],
+                               "variant": "_".join(labels) or "default"})
         run = Run(cfg, axis_values)
         if run.run_id not in seen:
             check_model_size(cfg)

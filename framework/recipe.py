@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from framework.claims import LEDGER, Definitions, read_ledger, status
 from framework.grid import Run, expand
 from framework.registry import UserError
 from framework.resources import resource_dir
@@ -26,11 +27,17 @@ def config_dir() -> Path:
     return Path(os.environ["REPRO_CONFIGS"]) if os.environ.get("REPRO_CONFIGS") else resource_dir("configs")
 
 
+def ledger_path() -> Path:
+    """The claims' ledger beside the recipes' YAML (framework/claims.py)."""
+    return config_dir() / LEDGER
+
+
 class Recipe(ABC):
     """Subclass per phenomenon: set the class attributes, implement measure() (one seed) and figures()."""
     name: str = ""
     title: str = ""
     papers: list[str] = []
+    definitions: Definitions = Definitions()  # the claims, fixed before they are judged (framework/claims.py)
 
     def spec_path(self) -> Path:
         return config_dir() / f"{self.name}.yaml"
@@ -71,8 +78,18 @@ class Recipe(ABC):
         each from the runs' logged numbers."""
 
     def claims(self, runs: Runs) -> list[dict]:
-        """Every claim over the seeds: per-seed values, mean, 95% interval and verdict (framework/verdict.py)."""
-        return judge(self.measure, runs)
+        """Every claim over the seeds: per-seed values, mean, 95% interval and verdict (framework/verdict.py), with
+        its definition record (the quote, where its criterion comes from) and its version in the ledger."""
+        out = judge(self.measure, runs)
+        keys, defined = [c["key"] for c in out], [d.key for d in self.definitions]
+        if keys != defined:
+            raise ValueError(f"{self.name}: measure() returned the claims {keys}; its definitions are {defined}")
+        versions = status(self, read_ledger(ledger_path()))
+        for entry, d in zip(out, self.definitions):
+            ledger = versions[f"{self.name}/{d.key}"]
+            entry.update({"quote": d.quote, "paraphrase": d.paraphrase, "criterion_source": d.source,
+                          "version": ledger["version"], "ledger": ledger["ledger"], "definition_hash": ledger["hash"]})
+        return out
 
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         return []

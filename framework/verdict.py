@@ -6,7 +6,8 @@ mean, a 95% interval for the mean, and one of three verdicts:
 - reproduced: the whole interval lies on the claim's side of the criterion;
 - not reproduced: the whole interval lies on the other side;
 - inconclusive: the interval straddles the criterion, or fewer than MIN_SEEDS (8) seeds gave a number (the
-  interval is then the values' range, and its own side is kept as `interval_verdict`).
+  interval is then the values' range, and its own side is kept as `interval_verdict`), or the value is censored
+  at some seed (an argmin/argmax on its grid's edge: `censored` says where).
 
 The interval is a studentized bootstrap (bootstrap-t) of the mean over seeds: 10,000 resamples, a fixed random
 state, so that a verdict is a function of the per-seed values. It is chosen for coverage, measured by simulation
@@ -88,6 +89,8 @@ class Claim:
     value: float
     criterion: Criterion
     measured: dict[str, Any] = field(default_factory=dict)   # the numbers the value is computed from
+    censored: str | None = None  # why the value cannot be trusted as a number (an optimum on its grid's edge)
+    key: str = ""                # the definition's key (framework/claims.py)
 
     def __post_init__(self):
         self.value = _number(self.value)
@@ -111,10 +114,24 @@ RESAMPLES = 10_000
 MIN_SEEDS = 8
 
 
+RESOLUTION = 1e-9
+
+
+def snap(xs: np.ndarray) -> np.ndarray:
+    """Values equal up to floating-point rounding made equal: each rounded to RESOLUTION times the largest |value|.
+    Without it, nine values of ~1e-17 beside one of 0.48 (rounding noise around an exact 0) give resamples of
+    near-zero spread whose t statistics run to 1e14 (adam_vs_sgd 2 at seed base 2000: an upper bound of 3e14)."""
+    finite = xs[np.isfinite(xs)]
+    if not len(finite) or not np.abs(finite).max():
+        return xs
+    step = RESOLUTION * np.abs(finite).max()
+    return np.where(np.isfinite(xs), np.round(xs / step) * step, xs)
+
+
 def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
     """Studentized-bootstrap interval for the mean of the per-seed values (see the module docstring); the values'
     range below MIN_SEEDS values or with an infinite one; nan with fewer than two."""
-    xs = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    xs = snap(np.asarray([v for v in values if not math.isnan(v)], dtype=float))
     if len(xs) < 2:
         return math.nan, math.nan
     if len(xs) < MIN_SEEDS or not np.isfinite(xs).all() or xs.min() == xs.max():
@@ -129,8 +146,9 @@ def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
     return float(mean - upper_q * sd / math.sqrt(n)), float(mean - lower_q * sd / math.sqrt(n))
 
 
-def summarise(per_seed: dict[int, Claim]) -> dict:
-    """The verdict.json entry of one claim from its per-seed measurements."""
+def summarise(per_seed: dict[int, Claim], data_draws: dict[int, list[int]] | None = None) -> dict:
+    """The verdict.json entry of one claim from its per-seed measurements. A claim censored at any seed (its
+    statistic an optimum on the grid's edge: the true optimum may lie beyond) is inconclusive."""
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]]
     values = [per_seed[s].value for s in seeds]
@@ -139,12 +157,14 @@ def summarise(per_seed: dict[int, Claim]) -> dict:
     lo, hi = interval(values)
     judged = first.criterion.judge(lo, hi)
     too_few = len(known) < MIN_SEEDS  # [min, max] of two values is no 95% interval: no verdict from it
-    verdict = INCONCLUSIVE if too_few else judged
-    return {"claim": first.claim, "reference": first.reference, "statistic": first.statistic,
+    censored = {str(s): per_seed[s].censored for s in seeds if per_seed[s].censored}
+    verdict = INCONCLUSIVE if too_few or censored else judged
+    return {"key": first.key, "claim": first.claim, "reference": first.reference, "statistic": first.statistic,
             "criterion": f"{first.statistic} {first.criterion}", "per_seed": {str(s): per_seed[s].value for s in seeds},
             "mean": mean, "interval": [lo, hi], "verdict": verdict, "interval_verdict": judged,
-            "too_few_seeds": too_few,
+            "too_few_seeds": too_few, "censored": censored,
             "seeds_holding": sum(per_seed[s].holds for s in seeds), "seeds": len(seeds),
+            "data_draws": {str(s): (data_draws or {}).get(s, []) for s in seeds},
             "measured": {str(s): per_seed[s].measured for s in seeds}}
 
 
@@ -154,10 +174,13 @@ def judge(measure, runs) -> list[dict]:
     claim of a seed none of whose runs ever trained (`never_trained`)."""
     seeds = sorted(runs["seed"].unique()) if "seed" in runs.columns else [0]
     measured: dict[int, list[Claim]] = {}
+    draws: dict[int, list[int]] = {}
     for seed in seeds:
         part = runs[runs["seed"] == seed] if "seed" in runs.columns else runs
         part.attrs = dict(runs.attrs)
         measured[int(seed)] = measure(part)
+        if "data.split_seed" in part.columns:
+            draws[int(seed)] = sorted(int(d) for d in part["data.split_seed"].dropna().unique())
         if len(part) and never_trained(part).all():  # numbers of nets that never took a finite step: no evidence
             for c in measured[int(seed)]:
                 c.measured = {**c.measured, "never_trained": True, "value_as_measured": c.value}
@@ -165,4 +188,4 @@ def judge(measure, runs) -> list[dict]:
     counts = {len(c) for c in measured.values()}
     if len(counts) != 1:
         raise ValueError(f"the recipe measured a different number of claims per seed: {sorted(counts)}")
-    return [summarise({s: claims[i] for s, claims in measured.items()}) for i in range(counts.pop())]
+    return [summarise({s: claims[i] for s, claims in measured.items()}, draws) for i in range(counts.pop())]

@@ -162,6 +162,17 @@ def best_rate(rates, costs) -> float:
     return math.exp(x1 - 0.5 * num / den)
 
 
+def on_edge(rates, costs) -> bool:
+    """Whether the grid's lowest finite cost sits at its smallest or largest rate: the optimum may lie beyond the
+    grid, and a statistic taking it is censored there (False when no cost is finite)."""
+    pairs = sorted((float(r), float(c)) for r, c in zip(rates, costs))
+    usable = [k for k, (_, c) in enumerate(pairs) if math.isfinite(c)]
+    if not usable:
+        return False
+    best = min(pairs[k][1] for k in usable)
+    return any(pairs[k][1] == best and k in (0, len(pairs) - 1) for k in usable)
+
+
 def fewest_steps(rows: pd.DataFrame) -> tuple[float, float]:
     """Over a learning-rate grid: the fewest steps to target (the runs' steps_to_target) and that learning rate;
     (inf, nan) when no finished run reached the target."""
