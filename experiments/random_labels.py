@@ -6,13 +6,13 @@ Claims, each measured on every seed:
 1. The net drives training error to ~0 on completely random labels.
 2. It also fits shuffled pixels, random pixels and Gaussian inputs.
 3. Test accuracy at full label corruption and on random pixels / Gaussian inputs is at chance.
-4. The time to fit grows with the label corruption level (Spearman over every level, clean included), and 4b.
-   keeps growing across the corrupted levels alone (0.25..1): over seeds 0-4 the broad statistic passed on clean <
-   corrupted while steps to fit were flat across 0.25-1, so the stricter reading is judged beside it.
-5. Random labels take only a small constant factor longer to fit than true labels (Sec. 2: "training time
+4. The time to fit grows with the label corruption level (Spearman over every level, clean included).
+5. ... and keeps growing across the corrupted levels alone (0.25..1): over seeds 0-4 the broad statistic passed on
+   clean < corrupted while steps to fit were flat across 0.25-1, so the stricter reading is judged beside it.
+6. Random labels take only a small constant factor longer to fit than true labels (Sec. 2: "training time
    increases only by a small constant factor"; Fig. 1b reads about 1.5 to 3.5).
-6. Random pixels and Gaussian inputs converge faster than random labels (Sec. 2.2).
-7. Test error rises with the label corruption level (Fig. 1c).
+7. Random pixels and Gaussian inputs converge faster than random labels (Sec. 2.2).
+8. Test error rises with the label corruption level (Fig. 1c).
 Every number is read from this suite's runs: train error on the whole training split after training, the
 step at which an epoch first reached 100% training accuracy (a run that never did counts as slower than any
 that did), and test error on the clean test split.

@@ -71,7 +71,8 @@ def print_verdicts(verdicts: list[dict]) -> None:
             table.add_row(*(escape(cell) for cell in cells(v, c)),
                           f"[{style}]{c['verdict']}[/] ({c['seeds_holding']}/{c['seeds']} seeds"
                           + (f"; too few to judge, the interval alone: {c.get('interval_verdict')})"
-                             if c.get("too_few_seeds") else ")"))
+                             if c.get("too_few_seeds") else ")")
+                          + (f" censored at seed {', '.join(c['censored'])}" if c.get("censored") else ""))
     console.print(table)
 
 
@@ -143,6 +144,14 @@ def command_line(command: str, experiment: str, overrides, scale, seeds, seed_ba
 def write_verdict_table(verdicts: list[dict], reports_dir: Path, command: str) -> None:
     """reports/verdicts.md from the verdicts of every recipe just run or reported (`run all`, `report all`)."""
     from framework.tracking import code_version
-    from framework.verdict_table import write
-    if verdicts:
-        console.print(f"wrote {write(verdicts, reports_dir, command, code_version())}")
+    from framework.verdict_table import render, update_readme, write
+    if not verdicts:
+        return
+    console.print(f"wrote {write(verdicts, reports_dir, command, code_version())}")
+    recipes = _recipes()
+    every_default = {v["experiment"] for v in verdicts} == set(recipes.names()) and all(
+        v["scale"] == recipes.get(v["experiment"])().default_scale() for v in verdicts)
+    readme = Path(reports_dir).resolve().parent / "README.md"
+    header = render(verdicts, command, code_version()).splitlines()[2]  # "Generated <when> by <command> ..."
+    if every_default and update_readme(readme, verdicts, header):
+        console.print(f"wrote the results summary in {readme}")

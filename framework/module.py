@@ -127,8 +127,10 @@ class ReproModule(pl.LightningModule):
         was_training = self.training
         self.eval()
         losses, correct, n = 0.0, 0, len(x)
+        dtype = next(self.parameters()).dtype  # trainer.precision=64-true trains in float64: the data follows
         for start in range(0, n, batch_size):
             xb, yb = x[start:start + batch_size].to(self.device), y[start:start + batch_size].to(self.device)
+            xb, yb = (t.to(dtype) if t.is_floating_point() else t for t in (xb, yb))
             out = self(xb)
             losses += float(self.loss_fn(out, yb)) * len(xb)
             if self.n_classes:

@@ -176,9 +176,13 @@ def verdict_rows(verdict: dict) -> str:
         mark = f'<b class="{VERDICT_CLASS.get(c["verdict"], "maybe")}">{html.escape(c["verdict"])}</b> ' \
                f'({c["seeds_holding"]}/{c["seeds"]} seeds hold' + \
                (f'; too few to judge, the interval alone: {html.escape(str(c.get("interval_verdict")))})'
-                if c.get("too_few_seeds") else ")")
-        rows.append(f"<tr><td>{html.escape(verdict['experiment'])}</td><td>{html.escape(c['claim'])}</td>"
-                    f"<td>{html.escape(c['reference'])}</td><td>{_g(c['mean'])} [{_g(lo)}, {_g(hi)}]</td>"
+                if c.get("too_few_seeds") else ")") + \
+               (f'; censored at seed {html.escape(", ".join(c["censored"]))}' if c.get("censored") else "")
+        quote = f'"{c.get("quote", "")}"' + (" (paraphrase)" if c.get("paraphrase") else "")
+        rows.append(f"<tr><td>{html.escape(verdict['experiment'])}</td><td>{html.escape(c['claim'])} "
+                    f"<small>v{c.get('version', 0)}</small></td>"
+                    f"<td>{html.escape(quote)}<br>{html.escape(c['reference'])}</td>"
+                    f"<td>{_g(c['mean'])} [{_g(lo)}, {_g(hi)}]</td>"
                     f"<td><code>{html.escape(per_seed)}</code></td>"
                     f"<td>{html.escape(c['criterion'])}</td><td>{mark}</td></tr>")
     return "\n".join(rows)

@@ -118,14 +118,19 @@ RESOLUTION = 1e-9
 
 
 def snap(xs: np.ndarray) -> np.ndarray:
-    """Values equal up to floating-point rounding made equal: each rounded to RESOLUTION times the largest |value|.
-    Without it, nine values of ~1e-17 beside one of 0.48 (rounding noise around an exact 0) give resamples of
-    near-zero spread whose t statistics run to 1e14 (adam_vs_sgd 2 at seed base 2000: an upper bound of 3e14)."""
-    finite = xs[np.isfinite(xs)]
-    if not len(finite) or not np.abs(finite).max():
+    """Values equal up to floating-point rounding made equal: values in one bucket of RESOLUTION times the largest
+    |value| all take the first one's value (a value alone in its bucket stays exactly as it was). Without it, nine
+    values of ~1e-17 beside one of 0.48 (rounding noise around an exact 0) give resamples of near-zero spread whose
+    t statistics run to 1e14 (adam_vs_sgd 2 at seed base 2000: an upper bound of 3e14)."""
+    finite = np.isfinite(xs)
+    if not finite.any() or not np.abs(xs[finite]).max():
         return xs
-    step = RESOLUTION * np.abs(finite).max()
-    return np.where(np.isfinite(xs), np.round(xs / step) * step, xs)
+    buckets = np.round(xs[finite] / (RESOLUTION * np.abs(xs[finite]).max()))
+    first = {}
+    values = [first.setdefault(b, x) for b, x in zip(buckets.tolist(), xs[finite].tolist())]
+    out = xs.copy()
+    out[finite] = values
+    return out
 
 
 def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
@@ -140,8 +145,11 @@ def interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
     n, mean, sd = len(xs), xs.mean(), xs.std(ddof=1)
     resampled = xs[np.random.default_rng(0).integers(0, n, (RESAMPLES, n))]
     spread = resampled.std(axis=1, ddof=1)
-    keep = spread > 0  # a resample of one repeated value has no t statistic
-    t = (resampled.mean(axis=1)[keep] - mean) / (spread[keep] / math.sqrt(n))
+    # A resample of one repeated value has no spread of its own: it is studentized by the sample's (dropped, it
+    # took the interval's upper bound to the mean itself on nine equal values and one apart; kept as it was, its
+    # rounding-level spread put the bound at 1e29)
+    spread = np.where(spread > RESOLUTION * np.abs(xs).max(), spread, sd)
+    t = (resampled.mean(axis=1) - mean) / (spread / math.sqrt(n))
     lower_q, upper_q = np.quantile(t, [(1 - level) / 2, (1 + level) / 2])
     return float(mean - upper_q * sd / math.sqrt(n)), float(mean - lower_q * sd / math.sqrt(n))
 

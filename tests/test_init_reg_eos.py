@@ -15,7 +15,7 @@ from framework.config import RunConfig
 from framework.overrides import apply
 from framework.runner import train
 from framework.store import RunStore
-from tests.helpers.claims import claim_follows_the_data, edit, rows, write_metrics
+from tests.helpers.claims import claim_follows_the_data, edit, judged, rows, smoke, write_metrics
 from tests.helpers.claims import then as _then
 
 # ---- initialisation (smoke: variance nets of 8 hidden layers; symmetry, deep_relu and output parts) -------------
@@ -190,7 +190,21 @@ REGULARISATION = {
     5: (_noisy(), _noisy(early_err=0.2)),
     6: (_dropout((0.01, 0.0, 0.2), (0.3, 0.1, 0.12)), _dropout((0.3, 0.0, 0.2), (0.01, 0.1, 0.12))),
     7: (_dropout((0.01, 0.0, 0.2), (0.3, 0.1, 0.12)), _dropout((0.01, 0.0, 0.1), (0.3, 0.01, 0.2))),
+    8: (_dropout((0.01, 0.0, 0.2), (0.3, 0.1, 0.12)), _dropout((0.01, 0.0, 0.1), (0.3, 0.1, 0.2))),
 }
+
+
+def test_a_best_decay_on_the_grid_edge_is_censored(tmp_path_factory, tmp_path):
+    """Claims 3-4 take an argmin over the decay grid: a pick on its edge (1e-4 or 1e-2 here) makes the claim
+    inconclusive whatever its interval says; an interior pick (1e-3) does not."""
+    recipe, store, frame, _, _ = smoke("regularisation", tmp_path_factory)
+    interior, _ = _grid(SAME, SAME)(frame.copy(), store)
+    edges, _ = _grid(APART, APART)(frame.copy(), store)
+    for claims, censored in ((judged(recipe, interior, store), False), (judged(recipe, edges, store), True)):
+        for c in claims[2:4]:
+            assert bool(c["censored"]) is censored, c["censored"]
+            if censored:
+                assert c["verdict"] == "inconclusive" and "edge" in c["censored"]["0"]
 
 CASES = [(name, i, hold, fail) for name, table in [("initialisation", INITIALISATION),
                                                    ("edge_of_stability", EDGE_OF_STABILITY),

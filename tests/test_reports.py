@@ -51,9 +51,32 @@ def test_report_all_writes_the_verdict_table(reports):
         mine = [row for row in rows if row.startswith(f"| {name} [smoke] |")]
         assert len(mine) == len(verdict["claims"]), name
         for row, claim in zip(mine, verdict["claims"]):
-            assert f"({claim['seeds_holding']}/{claim['seeds']} seeds)" in row and claim["verdict"] in row
+            assert f"({claim['seeds_holding']}/{claim['seeds']} seeds" in row and claim["verdict"] in row
+            assert f"[v{claim['version']}]" in row and ("censored at" in row) == bool(claim["censored"])
         expected += len(verdict["claims"])
     assert len(rows) == expected
+
+
+def test_the_readme_results_summary_is_generated(reports, tmp_path):
+    """The README's results summary: between its markers, one row per claim with its version, verdict, mean and
+    interval and the paper's words, from the verdicts; the rest of the README untouched; no markers, no change."""
+    from framework.verdict_table import SUMMARY_END, SUMMARY_START, update_readme
+    verdicts = [json.loads((reports / "reports" / name / "smoke" / "verdict.json").read_text())
+                for name in RECIPES.names()]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{SUMMARY_START}\nold rows\n{SUMMARY_END}\n\n## after\n")
+    assert update_readme(readme, verdicts, "Generated now")
+    text = readme.read_text()
+    assert text.startswith("# title\n") and text.endswith("## after\n") and "old rows" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    claims = [(v["experiment"], c) for v in verdicts for c in v["claims"]]
+    assert len(rows) == len(claims)
+    for row, (name, c) in zip(rows, claims):
+        assert row.startswith(f"| `{name}/{c['key']}`") and f"| {c['version']} | {c['verdict']}" in row
+        assert c["quote"].replace("|", "\\|") in row
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no markers\n")
+    assert not update_readme(plain, verdicts, "Generated now") and plain.read_text() == "# no markers\n"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

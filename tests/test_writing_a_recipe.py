@@ -34,6 +34,9 @@ def test_a_recipe_written_from_the_page_runs(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": f"{project}{os.pathsep}{ROOT}", "REPRO_CONFIGS": str(project / "configs"),
            "WANDB_MODE": "offline"}
+    bump = subprocess.run([sys.executable, "-m", "framework.cli", "claims", "--bump", "width_helps", "--reason",
+                           "first definition"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert bump.returncode == 0, bump.stderr[-3000:]
     args = [sys.executable, "-m", "framework.cli", "run", "width_helps", "--scale", "smoke", "--runs-dir",
             str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"), "tracking.mode=disabled"]
     first = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600)
@@ -42,6 +45,7 @@ def test_a_recipe_written_from_the_page_runs(tmp_path):
     (claim,) = verdict["claims"]
     assert verdict["runs"] == {"done": 16} and claim["seeds"] == 8
     assert claim["verdict"] == "reproduced", claim  # 8 seeds: a real verdict, from the page's own claim code
+    assert claim["version"] == 1 and claim["ledger"] == "recorded" and claim["quote"]
     statuses = sorted((tmp_path / "runs" / "width_helps").glob("*/status.json"))
     stamps = [p.stat().st_mtime_ns for p in statuses]
     again = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600)
