@@ -3,14 +3,18 @@
 Claims, each measured on every seed (Bengio, Simard & Frasconi 1994; Glorot & Bengio 2010, Figs. 6-7;
 He et al. 2015, Sec. 2.2; He et al. 2016, Fig. 1; Ioffe & Szegedy 2015):
 1. In a deep plain sigmoid net the back-propagated gradient dL/da at the first hidden layer is orders of
-   magnitude below the last hidden layer's, at initialisation.
+   magnitude below the last hidden layer's, at initialisation. The plain net trains in float64: in float32 the
+   first layer's gradient underflowed to 0 at every seed, and the claim read log10 of float32's smallest number
+   (-44.85), no measurement; in float64 it reads about -42.7.
 2. That net's training loss stalls near its starting value.
 3. Control: a shallow plain sigmoid net trains.
-4. A residual net of the same depth trains.
-5. A batch-norm net of the same depth trains: judged on the last epoch's mean training loss, in training mode
-   (the objective SGD minimised). Evaluated afterwards in eval mode, on running statistics that the 50-layer
-   width-10 net's batch statistics stray from, the loss read 1.61 at seed 11 where its last epoch's mean was
-   0.60, and the claim's interval reached below TRAINS at seeds 10-14.
+4. A residual net of the same depth trains where the plain one stalls (He et al. 2016's degradation: they call
+   the plain nets' failure an optimisation difficulty, not vanishing gradients, their plain nets having BN).
+5. A batch-norm net of the same depth trains, at the plain net's learning rate (Ioffe & Szegedy: batch norm
+   allows higher rates; it once ran at a fifth of it): judged on the training loss in training mode at both
+   ends, the last epoch's mean over the first step's (the objective SGD minimised; the initial loss in eval mode
+   mixed two modes). Evaluated in eval mode, on running statistics that the 50-layer width-10 net's batch
+   statistics stray from, the loss read 1.61 at seed 11 where its last epoch's mean was 0.60.
 6. In a 30-layer ReLU net He init keeps the back-propagated gradient's scale over depth: the first/last ratio
    stays within a decade of 1 (He et al. 2015, Eq. 14).
 7. Xavier init loses the forward activations' variance over the same depth: halved per layer in theory

@@ -240,7 +240,8 @@ def report(recipe: Recipe, scale: str | None, store: RunStore, reports_dir: Path
     claims, claims_error = claims_or_error(recipe, summary)
     figures = recipe.figures(summary, outdir) + diagnostics_figure(summary, outdir)
     info = versions()
-    verdict = {"experiment": recipe.name, "scale": scale, "source": source, "claims": claims,
+    seeds_run = sorted(int(x) for x in summary["seed"].dropna().unique()) if "seed" in summary else []
+    verdict = {"experiment": recipe.name, "scale": scale, "source": source, "seeds": seeds_run, "claims": claims,
                "runs": summary["status"].value_counts().to_dict() if "status" in summary else {},
                "figures": [f.name for f in figures], "versions": info, "claims_error": claims_error}
     atomic_write(outdir / "verdict.json", strict_json(verdict, indent=1, default=str))
