@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from framework import cli_claims, cli_tools  # noqa: F401  (register claims, submit, status, sync, bench, worker)
+from framework import cli_claims, cli_plan, cli_tools  # noqa: F401  (register claims, plan, submit, status, sync, bench, worker)
 from framework.cli_common import (
     EXIT_BAD_INPUT,
     EXIT_RUNS_FAILED,
