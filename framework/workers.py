@@ -29,23 +29,48 @@ CPU_SECONDS = {"vanishing_gradients": 204, "double_descent": 158, "adam_vs_sgd":
 
 
 def default_workers() -> int:
-    """One suite per CPU this process may run on (its affinity: a SLURM allocation, not the whole node)."""
+    """One suite per GPU on a node with several (each child is given its own: `gpu_of`), else one per CPU this
+    process may run on (its affinity: a SLURM allocation, not the whole node)."""
+    if len(visible_gpus()) > 1:
+        return len(visible_gpus())
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS
         return max(1, os.cpu_count() or 1)
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES' list when it is set (a SLURM allocation sets it), else
+    every device torch counts (torch.cuda.device_count reads NVML and creates no CUDA context, so children forked
+    after it can still use the GPU)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_of(running_gpus: list[str], gpus: list[str]) -> str | None:
+    """The GPU a new child is given: the one the fewest running children use (None without GPUs)."""
+    if not gpus:
+        return None
+    return min(gpus, key=lambda g: (running_gpus.count(g), gpus.index(g)))
+
+
 def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, workers: int,
-                     console, command: Callable[[list[str]], None]) -> tuple[dict, int | None]:
+                     console, command: Callable[[list[str]], None],
+                     gpus: list[str] | None = None) -> tuple[dict, int | None]:
     """Runs `repro run NAME <child_args>` for every name (command(args): the CLI, called in a forked child),
     `workers` at a time; returns each name's exit code
     and the stop signal forwarded to the children (None if none came). Each child's output goes to
-    log_dir/<name>.log."""
+    log_dir/<name>.log. On GPUs (`gpus`, default: the visible ones) each child sees one, CUDA_VISIBLE_DEVICES set to
+    the GPU the fewest running children use: on a node of several, one recipe per GPU."""
     log_dir.mkdir(parents=True, exist_ok=True)
     _import_once()
+    gpus = visible_gpus() if gpus is None else gpus
     queue = sorted(names, key=lambda n: -CPU_SECONDS.get(n, 0))
     running: dict[int, tuple[str, float]] = {}
+    on_gpu: dict[int, str] = {}
     codes: dict[str, int] = {}
     stop: list[int] = []
 
@@ -61,14 +86,19 @@ def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, wor
         while queue or running:
             while queue and len(running) < workers and not stop:
                 name = queue.pop(0)
-                pid = _fork_command(command, ["run", name, *child_args], log_dir / f"{name}.log", previous)
+                gpu = gpu_of(list(on_gpu.values()), gpus)
+                pid = _fork_command(command, ["run", name, *child_args], log_dir / f"{name}.log", previous, gpu)
                 running[pid] = (name, time.time())
-                console.print(f"started {name} (log: {log_dir / f'{name}.log'})")
+                if gpu is not None:
+                    on_gpu[pid] = gpu
+                console.print(f"started {name}{f' on GPU {gpu}' if gpu is not None else ''} "
+                              f"(log: {log_dir / f'{name}.log'})")
             for pid, (name, started) in list(running.items()):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     codes[name] = os.waitstatus_to_exitcode(status)
                     del running[pid]
+                    on_gpu.pop(pid, None)
                     console.print(f"finished {name} in {time.time() - started:.0f} s (exit status {codes[name]})")
             if stop and not running:
                 break
@@ -89,9 +119,11 @@ def _import_once() -> None:
     import framework.suite  # noqa: F401
 
 
-def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Path, handlers: dict) -> int:
+def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Path, handlers: dict,
+                  gpu: str | None = None) -> int:
     """A child process running the CLI on args, its output in `log`, in its own session (a Ctrl-C at the terminal
-    reaches it once, through this process); returns its pid. The child exits with the command's exit status."""
+    reaches it once, through this process), seeing only `gpu` when given; returns its pid. The child exits with the
+    command's exit status."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -100,6 +132,8 @@ def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Pa
     code = 1
     try:
         os.setsid()
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         for s, handler in handlers.items():  # the command installs its own on top
             signal.signal(s, handler)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
