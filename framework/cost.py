@@ -19,11 +19,8 @@ from functools import lru_cache
 import torch
 
 from framework.config import RunConfig, flatten, to_dict
-from framework.datasets import input_shape
+from framework.datasets import input_shape, training_size
 from framework.optim_build import total_steps
-
-OFFICIAL_TRAIN = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
-POOL = {"digits": 1797}
 
 
 @dataclass(frozen=True)
@@ -46,19 +43,8 @@ DEVICES = {
 }
 
 
-def train_size(cfg) -> int:
-    """Training samples of a run from its data config alone (cfg: DataConfig), as framework.data splits them."""
-    if cfg.name in OFFICIAL_TRAIN:
-        pool = OFFICIAL_TRAIN[cfg.name]
-        n = pool - int(round(cfg.val_fraction * pool))
-    else:
-        pool = POOL.get(cfg.name, cfg.n_samples)
-        n = pool - int(round(cfg.test_fraction * pool)) - int(round(cfg.val_fraction * pool))
-    return min(n, cfg.n_train) if cfg.n_train > 0 else n
-
-
 def steps(cfg: RunConfig) -> int:
-    n = train_size(cfg.data)
+    n = training_size(cfg.data)
     return total_steps(cfg, max(1, math.ceil(n / cfg.data.batch_size)))
 
 

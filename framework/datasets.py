@@ -140,6 +140,21 @@ def class_count(name: str, n_classes: int) -> int:
     return 10 if name == "digits" else int(n_classes)
 
 
+OFFICIAL_TRAIN = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
+
+
+def training_size(cfg) -> int:
+    """Training samples of a run from its data config alone (cfg: DataConfig), as framework.data splits them: a
+    dataset with an official test split draws validation from its training pool, any other draws both."""
+    if cfg.name in OFFICIAL_TRAIN:
+        pool = OFFICIAL_TRAIN[cfg.name]
+        n = pool - int(round(cfg.val_fraction * pool))
+    else:
+        pool = 1797 if cfg.name == "digits" else cfg.n_samples
+        n = pool - int(round(cfg.test_fraction * pool)) - int(round(cfg.val_fraction * pool))
+    return min(n, cfg.n_train) if cfg.n_train > 0 else n
+
+
 def input_shape(cfg) -> tuple[tuple[int, ...], int]:
     """(input shape, model outputs) of a dataset from its config alone, without loading it (cfg: DataConfig)."""
     if cfg.name in SOURCES:

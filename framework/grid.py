@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.config import SAFE_NAME, RunConfig, config_hash, flatten
+from framework.datasets import training_size
 from framework.module import check_model_size
 from framework.overrides import apply, parse_overrides
 from framework.registry import UserError, suggest
@@ -65,6 +66,7 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
     seed_list = _seeds(scale_spec.get("seeds", DEFAULT_SEEDS) if seeds is None else seeds, seed_base,
                        f"{where}scales.{scale}.seeds" if seeds is None else "--seeds")
     base = {**flatten(spec.get("run") or {}), **flatten(scale_spec.get("run") or {})}
+    swap = _data_swap(scale_spec.get("data_swap"), f"{where}scales.{scale}.data_swap")
     grids = _grids(spec.get("grid") or {}, scale_spec.get("grid"))
     typed: dict[str, Any] = {}
     items = (overrides if isinstance(overrides, dict) else parse_overrides(overrides)).items()
@@ -126,6 +128,10 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
             axis_values[axis] = value
             if axis != "seed":
                 labels.append(str(value) if named else _axis_label(axis, value))
+        if swap:  # the scale's dataset swap, between the grid and what the user typed
+            grid_cfg = apply(base_cfg, changes)
+            if grid_cfg.data.name in swap:
+                changes = {**changes, **_swapped(grid_cfg.data, swap[grid_cfg.data.name])}
         cfg = apply(base_cfg, {**changes, **typed, "data.split_seed": changes["data.split_seed"],
                                "variant": "_".join(labels) or "default"})
         run = Run(cfg, axis_values)
@@ -134,6 +140,21 @@ def expand(name: str, spec: dict, scale: str, overrides: list[str] | dict, sourc
             seen.add(run.run_id)
             runs.append(run)
     return runs
+
+
+def _data_swap(swap, where: str) -> dict:
+    """A scale's `data_swap: {digits: {name: mnist, n_train: same}}`: every run whose dataset is the key gets these
+    data settings instead (`n_train: same`: as many training samples as the run drew from the dataset it replaces),
+    so a scale can run a recipe's protocol on another dataset without restating its grid."""
+    if swap is None:
+        return {}
+    if not isinstance(swap, dict) or not all(isinstance(v, dict) and v for v in swap.values()):
+        raise UserError(f"{where}: expected a map of dataset name -> data settings, got {swap!r}")
+    return swap
+
+
+def _swapped(data, settings: dict) -> dict:
+    return {f"data.{k}": training_size(data) if v == "same" else v for k, v in settings.items()}
 
 
 def _seeds(count, base, key: str) -> list[int]:

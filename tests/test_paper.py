@@ -102,6 +102,32 @@ def test_the_paper_check_catches_a_paper_scale_that_inherits_a_cpu_setting():
     assert problems and all("data.n_train = 600" in p for p in problems if "n_train" in p), problems
 
 
+@pytest.mark.parametrize("name", RECIPES.names())
+def test_gpu_scale_expands_and_a_slice_trains_on_the_cpu(name, tmp_path):
+    """Every recipe's gpu scale: its protocol on real MNIST (where the cpu scale reads digits), 8 seeds, on a GPU when
+    there is one. Here, without one: it expands and validates, every digits run became an MNIST run of the same
+    training size, and a slice (the first runs of one seed, two steps each) trains on the real files."""
+    from framework.datasets import training_size
+    from framework.store import RunStore
+    recipe = RECIPES.get(name)()
+    cpu, gpu = recipe.runs("cpu", seeds=1), recipe.runs("gpu", seeds=1)
+    assert len(cpu) == len(gpu) and len(recipe.runs("gpu")) == 8 * len(gpu)
+    for a, b in zip(cpu, gpu):
+        assert b.cfg.trainer.accelerator == "auto"
+        if a.cfg.data.name == "digits":
+            assert b.cfg.data.name == "mnist" and training_size(b.cfg.data) == training_size(a.cfg.data)
+        else:
+            assert b.cfg.data == a.cfg.data
+    root = shared_data("MNIST")
+    typed = {"data.root": str(root), "trainer.max_steps": 2, "trainer.accelerator": "cpu",
+             "tracking.mode": "disabled"}
+    sliced = [r for r in recipe.runs("gpu", typed, seeds=1) if r.cfg.data.name == "mnist"][:2]
+    store = RunStore(tmp_path / "runs")
+    for run in sliced:
+        summary = train(run.cfg, store)
+        assert summary["status"] == "done" and summary["steps"] == 2, summary
+
+
 def test_mnist_paper_recipe_trains_on_the_real_files(tmp_path):
     """`repro run` at paper scale on real MNIST: a ResNet-18 of width 2 takes a few steps and is tested on
     the official 10,000 test images."""

@@ -3,7 +3,8 @@ import re
 
 from experiments import RECIPES
 from framework.config import RunConfig
-from framework.cost import DEVICES, forward_flops, group_seconds, steps, train_size
+from framework.cost import DEVICES, forward_flops, group_seconds, steps
+from framework.datasets import training_size as train_size
 from framework.overrides import apply
 from framework.planner import plan
 from tests.helpers import cli
