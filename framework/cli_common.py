@@ -17,8 +17,24 @@ from rich.table import Table
 from framework.registry import UserError
 from framework.verdict_table import cells
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce documented phenomena of neural-network training, tracked run by run.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            print(f"repro {version('repro')}")
+        except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+            print("repro (not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                            help="print the installed version and exit")):
+    """Reproduce documented phenomena of neural-network training, tracked run by run."""
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
@@ -74,6 +90,11 @@ def print_verdicts(verdicts: list[dict]) -> None:
                              if c.get("too_few_seeds") else ")")
                           + (f" censored at seed {', '.join(c['censored'])}" if c.get("censored") else ""))
     console.print(table)
+    few = sum(bool(c.get("too_few_seeds")) for v in verdicts for c in v["claims"])
+    if few:
+        console.print(f"[yellow]A plumbing check, not a verdict:[/] {few} claim(s) had fewer than 8 seeds with a number, "
+                      f"which judge nothing (the smoke scale checks that every claim computes; the cpu scale judges)",
+                      soft_wrap=True)
 
 
 def _seed_options(seeds: Optional[int], seed_base: int) -> dict:

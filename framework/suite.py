@@ -2,10 +2,12 @@
 the seeds and draw the figures into reports/<experiment>/<scale>/verdict.json and its figures."""
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from framework.files import atomic_write, strict_json
 from framework.locks import RunBusy, describe_owner
@@ -18,6 +20,33 @@ from framework.results.runs import runs_frame
 from framework.runner import train_group
 from framework.store import RunStore
 from framework.tracking import code_version, wandb_mode
+
+HEARTBEAT_S = 30.0
+
+
+@contextmanager
+def heartbeat(progress, console, every: float | None = None):
+    """Where output is no terminal (a SLURM log, CI, `run all`'s children, which write to a file), rich draws no
+    bars: a line every `every` seconds instead, each task's runs done of its total and its estimated time left."""
+    if console is None or console.is_terminal:
+        yield
+        return
+    stop, every = threading.Event(), every or HEARTBEAT_S
+
+    def beat():
+        while not stop.wait(every):
+            for task in progress.tasks:
+                if task.total and task.description and "[" in task.description:
+                    left = f", about {task.time_remaining:.0f} s left" if task.time_remaining else ""
+                    console.print(f"{task.description}: {task.completed:.0f} of {task.total:.0f} runs done after "
+                                  f"{task.elapsed or 0:.0f} s{left}", highlight=False)
+    thread = threading.Thread(target=beat, daemon=True, name="progress-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1)
 
 
 def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, reports_dir: Path,
@@ -36,9 +65,12 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
         wandb_mode(cfg)
     started = time.time()
     failed: list[dict] = []
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    reused = 0 if force else sum(store.unusable(r.cfg, r.run_id) is None for r in runs)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
     # the task owns USR1, TERM and INT from here on, between runs too
-    with SIGNALS.owned(), Progress(*columns, console=console, transient=False, disable=console is None) as progress:
+    with SIGNALS.owned(), Progress(*columns, console=console, transient=False, disable=console is None) as progress, \
+            heartbeat(progress, console):
         suite = progress.add_task(f"{recipe.name} [{scale}]", total=len(runs))
         pending, told = list(runs), False
         while pending:
@@ -61,6 +93,9 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
                     console.print(f"waiting for {len(pending)} runs owned by another process ({'; '.join(owners)})")
                     told = True
                 time.sleep(POLL_S)
+    if reused and console is not None:
+        console.print(f"{recipe.name} [{scale}]: {reused} of {len(runs)} runs were finished in the store and reused "
+                      f"(--force trains them again)")
     if not is_lead_process():  # DDP workers train; only rank 0 reports
         return {"experiment": recipe.name, "scale": scale, "claims": [], "runs": {}, "figures": [], "failed": []}
     frame = runs_frame(runs, store)
