@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -32,7 +33,13 @@ from framework.store import RunStore
 
 SLURM_DIR = resource_dir("slurm")
 PROFILE_KEYS = {"partition", "account", "time", "gpus_per_task", "cpus_per_task", "mem", "pack", "max_parallel",
-                "signal_seconds", "setup"}
+                "signal_seconds", "setup", "qos", "constraint", "gpu_type", "exclude", "sbatch"}
+# profile key -> sbatch option, each written as `#SBATCH --option=value` when the profile gives a value
+DIRECTIVES = {"partition": "--partition", "account": "--account", "qos": "--qos", "constraint": "--constraint",
+              "exclude": "--exclude"}
+# what a directive's value may hold: sbatch reads `#SBATCH` lines itself (no shell), so a value is written as it
+# is; a newline would start a line of the script and a quote or `$` would be read differently by sbatch and by eye
+SAFE_VALUE = re.compile(r"[A-Za-z0-9_.,:;=@%+/\-\[\]&|!*() ]+")
 
 
 def load_profile(name: str, path: Path | None = None) -> dict:
@@ -47,6 +54,16 @@ def load_profile(name: str, path: Path | None = None) -> dict:
         key = sorted(unknown)[0]
         raise UserError(f"profile {name}: unknown key '{key}'{suggest(key, PROFILE_KEYS)}; "
                         f"keys: {', '.join(sorted(PROFILE_KEYS))}")
+    for key in [*DIRECTIVES, "gpu_type"]:
+        value = str(profile.get(key) or "")
+        if value and not SAFE_VALUE.fullmatch(value):
+            raise UserError(f"profile {name}: {key} {value!r} holds a character sbatch would misread (a newline, "
+                            f"quote, '$', '#' or '\\'); allowed: letters, digits, spaces and _ . , : ; = @ % + / - [ ] & | ! * ( )")
+    extra = profile.get("sbatch") or []
+    if not isinstance(extra, list) or not all(isinstance(x, str) and x.startswith("--") and SAFE_VALUE.fullmatch(x)
+                                              for x in extra):
+        raise UserError(f"profile {name}: sbatch: expected a list of extra options, each '--option=value' on one "
+                        f"line without quotes, '$', '#' or '\\', got {extra!r}")
     return profile
 
 
@@ -65,12 +82,11 @@ def render(tasks: list[list], experiment: str, profile: dict, job_dir: Path) -> 
     """The sbatch script for these array tasks (lists of runs)."""
     trainer = tasks[0][0].cfg.trainer
     tasks_per_node = trainer.devices if trainer.strategy.startswith("ddp") else 1
-    extra = []
-    for key, flag in (("partition", "--partition"), ("account", "--account")):
-        if profile.get(key):
-            extra.append(f"#SBATCH {flag}={profile[key]}")
+    extra = [f"#SBATCH {flag}={profile[key]}" for key, flag in DIRECTIVES.items() if profile.get(key)]
     if int(profile.get("gpus_per_task", 0)) > 0:
-        extra.append(f"#SBATCH --gres=gpu:{int(profile['gpus_per_task']) * tasks_per_node}")
+        kind = f"{profile['gpu_type']}:" if profile.get("gpu_type") else ""
+        extra.append(f"#SBATCH --gres=gpu:{kind}{int(profile['gpus_per_task']) * tasks_per_node}")
+    extra += [f"#SBATCH {option}" for option in profile.get("sbatch") or []]
     template = Template((SLURM_DIR / "template.sbatch").read_text())
     return template.substitute(
         job_name=f"repro-{experiment}", last_task=len(tasks) - 1,

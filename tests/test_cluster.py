@@ -278,3 +278,51 @@ def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
         for key in ("train_loss", "test_error", "steps", "diverged_step"):
             assert cluster[key] == here[key], (run_id, key)
     assert grouped >= n_runs - n_tasks + 1
+
+
+def _profiles(tmp_path, text: str) -> dict:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(text)
+    return {"REPRO_SLURM_PROFILES": str(path)}
+
+
+def test_profile_directives_a_cluster_needs_are_written_and_checked(tmp_path):
+    """qos, constraint, gres with its GPU type, exclude and any extra #SBATCH option, from the profile; a value sbatch
+    would misread (a newline, '$', a quote) is refused with the key named, before anything is written."""
+    env = _profiles(tmp_path, "site: {qos: high, constraint: 'a100&ib', gpus_per_task: 2, gpu_type: a100, "
+                              "exclude: 'node[01-02]', account: lab, sbatch: ['--mail-type=END', '--comment=x y']}\n"
+                              "bad: {qos: 'a$b'}\nworse: {sbatch: ['--comment=a\\nrm -rf /']}\n")
+    r = cli("submit", "double_descent", "--scale", "smoke", "--dry-run", "--profile", "site", "--runs-dir",
+            tmp_path / "r", env=env)
+    assert r.exit_code == 0, r.output
+    for line in ("#SBATCH --qos=high", "#SBATCH --constraint=a100&ib", "#SBATCH --gres=gpu:a100:2",
+                 "#SBATCH --exclude=node[01-02]", "#SBATCH --account=lab", "#SBATCH --mail-type=END",
+                 "#SBATCH --comment=x y"):
+        assert line in r.stdout.splitlines(), line
+    for name, key in (("bad", "qos"), ("worse", "sbatch")):
+        r = cli("submit", "double_descent", "--scale", "smoke", "--dry-run", "--profile", name, "--runs-dir",
+                tmp_path / "r", env=env)
+        assert r.exit_code == 2 and f"profile {name}: {key}" in r.stderr, r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_profile_directives_reach_the_local_slurm(slurm, tmp_path):
+    """On the real local SLURM: a qos and an extra option are accepted and the job carries them (scontrol);
+    excluding the only node makes sbatch refuse the job, exit 2, nothing left behind."""
+    env = {**slurm, **_profiles(tmp_path, "site: {qos: normal, sbatch: ['--comment=repro-directives']}\n"
+                                          "nowhere: {exclude: vm}\n")}
+    runs_dir = tmp_path / "runs"
+    r = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "grid.model.width=[8]", "--profile",
+              "site", "--runs-dir", str(runs_dir), env=env)
+    assert r.returncode == 0, r.stderr
+    job = next((runs_dir / "double_descent" / "_slurm").iterdir())
+    job_id = (job / "job_id").read_text().strip()
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    assert "Comment=repro-directives" in shown, shown
+    wait_for_queue("repro-double_descent")
+    from experiments import RECIPES
+    (run,) = RECIPES.get("double_descent")().runs("smoke", [*QUICK, "grid.model.width=[8]"], seeds=1)
+    assert RunStore(runs_dir).status("double_descent", run.run_id) == "done"
+    refused = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--profile", "nowhere", "--runs-dir",
+                    str(tmp_path / "none"), env=env)
+    assert refused.returncode == 2 and "sbatch failed" in refused.stderr
