@@ -11,7 +11,6 @@ Exit codes, for every command:
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -225,8 +224,8 @@ def list_recipes():
         broken = []
         for name in recipes.names():
             r = recipes.get(name)()
-            doc = (sys.modules[type(r).__module__].__doc__ or "")
-            claims = "\n".join(line.strip() for line in doc.splitlines() if line[:2].strip().rstrip(".").isdigit())
+            # each claim whole, as its definition states it (framework/claims.py), numbered as the docstring numbers it
+            claims = "\n".join(f"{i}. {d.claim} ({d.where})" for i, d in enumerate(r.definitions, 1))
             try:
                 scales = ", ".join(r.scales())
                 r.runs()  # the whole YAML (grid included) is checked, not just its scale names

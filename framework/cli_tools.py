@@ -82,6 +82,9 @@ def status(
         _fail(e)
     console.print(escape(f"{s['experiment']} [{s['scale']}]: {s['runs']} runs: ")
                   + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
+    for run in s["failed"]:
+        console.print(escape(f"  failed {run['run_id']} ({run['variant']}, seed {run['seed']}): {run['error']}"),
+                      soft_wrap=True, highlight=False)
     for job in s["queue"]:
         console.print(f"  job {job['job']}: {job['state']} {job['time']} {job['reason']}")
 

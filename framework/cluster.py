@@ -215,7 +215,13 @@ def squeue(job_name: str) -> list[dict]:
 def status(recipe, scale: str, overrides, store: RunStore, seeds: int | None = None, seed_base: int = 0) -> dict:
     runs = recipe.runs(scale, overrides, seeds, seed_base)
     counts = {s: 0 for s in ("done", "running", "pending", "failed", "diverged")}
+    failed = []
     for run in runs:
-        counts[store.status(recipe.name, run.run_id)] += 1
-    return {"experiment": recipe.name, "scale": scale, "runs": len(runs), "counts": counts,
+        state = store.status(recipe.name, run.run_id)
+        counts[state] += 1
+        if state == "failed":  # with the first line of its error: what a user acts on
+            error = str(store.status_record(recipe.name, run.run_id).get("error") or "no error recorded")
+            failed.append({"run_id": run.run_id, "variant": run.cfg.variant, "seed": run.cfg.seed,
+                           "error": error.strip().splitlines()[0][:200] if error.strip() else "no error recorded"})
+    return {"experiment": recipe.name, "scale": scale, "runs": len(runs), "counts": counts, "failed": failed,
             "queue": squeue(f"repro-{recipe.name}")}

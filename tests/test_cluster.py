@@ -326,3 +326,18 @@ def test_profile_directives_reach_the_local_slurm(slurm, tmp_path):
     refused = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--profile", "nowhere", "--runs-dir",
                     str(tmp_path / "none"), env=env)
     assert refused.returncode == 2 and "sbatch failed" in refused.stderr
+
+
+def test_status_lists_failed_runs_with_their_one_line_reason(tmp_path):
+    from experiments import RECIPES
+    store = RunStore(tmp_path / "runs")
+    run = RECIPES.get("double_descent")().runs("smoke", seeds=1)[1]
+    folder = store.run_dir("double_descent", run.run_id)
+    folder.mkdir(parents=True)
+    atomic_write(folder / "status.json", json.dumps({"status": "failed", "error": "RuntimeError: CUDA out of "
+                                                     "memory\n  a second line that is not the reason"}))
+    r = cli("status", "double_descent", "--scale", "smoke", "--seeds", "1", "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    assert "failed 1" in r.stdout
+    assert f"failed {run.run_id} ({run.cfg.variant}, seed 0): RuntimeError: CUDA out of memory" in r.stdout
+    assert "second line" not in r.stdout
