@@ -190,8 +190,9 @@ def report(
                 continue
             verdicts.append(verdict)
             outdir = recipe.report_dir(reports_dir, verdict["scale"])
-            if wandb_run:
-                log_report_run(verdict, outdir)
+            if wandb_run:  # beside the training runs: their project and entity
+                tracking = recipe.runs(verdict["scale"], overrides or [], seeds=1)[0].cfg.tracking
+                log_report_run(verdict, outdir, tracking)
             console.print(f"wrote {outdir}/index.html ({len(verdict['figures']) // 2} figures)")
         if experiment == "all" or (reports_dir / "index.html").exists():
             known = {v["experiment"]: v for v in verdicts}

@@ -92,6 +92,7 @@ class Diagnostics(pl.Callback):
             if wandb:
                 scalars = _scalars(_rows(step, n, acts, values[member]))
                 for logger in wandb:
+                    hide_per_layer(logger)
                     logger.log_metrics(scalars, step=step)
         self._capture = False
 
@@ -114,6 +115,23 @@ class Diagnostics(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self._remove_hooks()
+
+
+PER_LAYER = ("grad_norm/*", "weight_norm/*", "saturation/*")
+
+
+_HIDDEN: set[int] = set()  # the W&B run objects (by identity) whose per-layer keys are defined hidden
+
+
+def hide_per_layer(logger) -> None:
+    """The per-layer keys (~100 for a 50-layer net) stay in the run's history but out of W&B's default panels:
+    defined hidden once per run; the diag/ summaries stay visible."""
+    run = logger.experiment
+    if id(run) in _HIDDEN:
+        return
+    for pattern in PER_LAYER:
+        run.define_metric(pattern, hidden=True)
+    _HIDDEN.add(id(run))
 
 
 def _rows(step: int, n: int, acts: tuple, v: list) -> list[dict]:

@@ -257,27 +257,45 @@ def write_index(verdicts: list[dict], reports_dir: Path) -> Path:
     return path
 
 
-def log_report_run(verdict: dict, outdir: Path, project: str = "repro") -> None:
-    """A W&B run per report (job_type=report): the verdict's numbers in its summary, the figures as images."""
+def log_report_run(verdict: dict, outdir: Path, tracking=None) -> None:
+    """The suite's verdict run in W&B, beside its training runs (their project, entity and group: the experiment
+    at its scale), with a stable id per suite and scale (a second report updates it, never duplicates it): the
+    claims as a wandb.Table (quote, version, statistic, per-seed values, mean, interval, verdict), each claim's
+    numbers in the summary under its key, the figures as images, and an artifact with verdict.json, the runs'
+    table and the PDFs. tracking: the suite's TrackingConfig (default: the config's defaults)."""
     import os
+    import re
 
     import wandb
     os.environ.setdefault("WANDB_SILENT", "true")
-    mode = wandb_mode(RunConfig())
+    tracking = tracking or RunConfig().tracking
+    mode = wandb_mode(RunConfig(tracking=tracking))
     if mode == "disabled":
         return
-    run = wandb.init(project=project, group=verdict["experiment"], job_type="report", mode=mode,
-                     name=f"report-{verdict['experiment']}-{verdict['scale']}", dir=str(outdir),
-                     tags=[verdict["experiment"], verdict["scale"], "report"], reinit="finish_previous")
+    name, scale = verdict["experiment"], verdict["scale"]
+    run = wandb.init(project=tracking.project, entity=tracking.entity or None, group=f"{name}-{scale}",
+                     job_type="verdict", mode=mode, id=re.sub(r"[^A-Za-z0-9_-]", "-", f"verdict-{name}-{scale}")[:64],
+                     resume="allow", name=f"verdict {name} [{scale}]", dir=str(outdir),
+                     tags=[name, scale, "verdict"], reinit="finish_previous")
     try:
+        columns = ["key", "claim", "quote", "version", "statistic", "per_seed", "mean", "interval_low",
+                   "interval_high", "verdict"]
+        table = wandb.Table(columns=columns)
         summary = {}
-        for i, c in enumerate(verdict["claims"]):
-            summary[f"claim_{i + 1}/verdict"] = c["verdict"]
-            summary[f"claim_{i + 1}/mean"] = c["mean"]
-            summary[f"claim_{i + 1}/interval_low"], summary[f"claim_{i + 1}/interval_high"] = c["interval"]
-            for seed, v in c["per_seed"].items():
-                summary[f"claim_{i + 1}/seed_{seed}"] = v
+        for c in verdict["claims"]:
+            key = c.get("key") or c["claim"][:40]
+            lo, hi = c["interval"]
+            table.add_data(key, c["claim"], c.get("quote", ""), c.get("version", 0), c["statistic"],
+                           json.dumps(c["per_seed"]), c["mean"], lo, hi, c["verdict"])
+            summary.update({f"{key}/verdict": c["verdict"], f"{key}/mean": c["mean"], f"{key}/interval_low": lo,
+                            f"{key}/interval_high": hi, f"{key}/version": c.get("version", 0)})
         run.summary.update(summary)
-        run.log({Path(f).stem: wandb.Image(str(outdir / f)) for f in verdict["figures"] if f.endswith(".png")})
+        run.log({"claims": table, **{Path(f).stem: wandb.Image(str(outdir / f)) for f in verdict["figures"]
+                                     if f.endswith(".png")}})
+        artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "-", f"verdict-{name}-{scale}"), type="verdict")
+        for f in ["verdict.json", "summary.csv", *[f for f in verdict["figures"] if f.endswith(".pdf")]]:
+            if (outdir / f).exists():
+                artifact.add_file(str(outdir / f))
+        run.log_artifact(artifact)
     finally:
         run.finish()

@@ -103,10 +103,13 @@ def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = 
     from pytorch_lightning.loggers import WandbLogger
     _read_requirements_once()
 
-    tags = list(dict.fromkeys([cfg.experiment, *( [scale] if scale else []), *cfg.tracking.tags]))
+    # group: the experiment at its scale (a smoke and a cpu run of one variant are not averaged together);
+    # job_type: the variant; tags: experiment, scale and seed, so a seed's runs can be filtered
+    tags = list(dict.fromkeys([cfg.experiment, *([scale] if scale else []), f"seed:{cfg.seed}", *cfg.tracking.tags]))
     save_dir.mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(
-        project=cfg.tracking.project, entity=cfg.tracking.entity or None, group=cfg.experiment,
+        project=cfg.tracking.project, entity=cfg.tracking.entity or None,
+        group=f"{cfg.experiment}-{scale}" if scale else cfg.experiment,
         job_type=cfg.variant[:64], name=f"{cfg.variant}-{run_id}"[:128], tags=tags, id=run_id, resume="allow",
         mode=mode, save_dir=str(save_dir), config={**to_dict(cfg), "run_id": run_id, "code": code_version()},
         settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True, x_disable_meta=False),

@@ -48,17 +48,21 @@ def _key(item) -> str:
 
 
 def read_run(path: str | Path) -> dict:
-    """path: an offline-run folder or its .wandb file. Returns {'id', 'config', 'history', 'summary'}."""
+    """path: an offline-run folder or its .wandb file. Returns {'id', 'group', 'job_type', 'tags', 'config',
+    'history', 'summary', 'hidden', 'artifacts'} ('hidden': the metric names and globs defined hidden from the default
+    panels; 'artifacts': each logged artifact's name, type and files)."""
     path = Path(path)
     if path.is_dir():
         path = next(path.glob("*.wandb"))
-    out = {"id": None, "config": {}, "history": [], "summary": {}}
+    out = {"id": None, "group": None, "job_type": None, "tags": [], "config": {}, "history": [], "summary": {},
+           "hidden": set(), "artifacts": []}
     for payload in _payloads(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["id"] = record.run.run_id
+            out["group"], out["job_type"], out["tags"] = record.run.run_group, record.run.job_type, list(record.run.tags)
             for item in record.run.config.update:
                 out["config"][_key(item)] = json.loads(item.value_json)
         elif kind == "config":
@@ -66,6 +70,11 @@ def read_run(path: str | Path) -> dict:
                 out["config"][_key(item)] = json.loads(item.value_json)
         elif kind == "history":
             out["history"].append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "artifact":
+            out["artifacts"].append({"name": record.artifact.name, "type": record.artifact.type,
+                                     "files": [m.path for m in record.artifact.manifest.contents]})
+        elif kind == "metric" and record.metric.options.hidden:
+            out["hidden"].add(record.metric.glob_name or record.metric.name)
         elif kind == "summary":
             for item in record.summary.update:
                 out["summary"][_key(item)] = json.loads(item.value_json)

@@ -147,3 +147,33 @@ def test_figure_is_drawn_from_the_data(reports, tmp_path):
     after = plotted(changed, tmp_path / "b")
     assert after["test"][-1] == pytest.approx(0.777) and after["test"][:-1] == before["test"][:-1]
     assert after["train"] == before["train"]
+
+
+def test_the_verdict_run_in_wandb_sits_beside_its_training_runs(tmp_path):
+    """`repro report`, W&B offline: one verdict run per suite and scale (a second report resumes the same id, never
+    a duplicate), in the training runs' group, with the claims as a table, the figures as images and an artifact
+    holding verdict.json and the PDFs; the training runs' records carry the group, variant and seed tag."""
+    from framework.wandb_files import offline_runs, read_run
+    env = {"WANDB_MODE": "offline", "WANDB_CACHE_DIR": str(tmp_path / "cache"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "config")}
+    common = ["edge_of_stability", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"), "--reports-dir",
+              str(tmp_path / "reports")]
+    assert repro("run", *common, env=env).returncode == 0
+    for _ in range(2):
+        r = repro("report", *common, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    folders = sorted((tmp_path / "reports" / "edge_of_stability" / "smoke" / "wandb").glob("offline-run-*"))
+    records = [read_run(f) for f in folders]
+    assert len(records) == 2 and {rec["id"] for rec in records} == {"verdict-edge_of_stability-smoke"}
+    rec = records[-1]
+    assert rec["group"] == "edge_of_stability-smoke" and rec["job_type"] == "verdict"
+    logged = {k: v for row in rec["history"] for k, v in row.items()}
+    assert logged["claims/_type"] == "table-file" and logged["claims/nrows"] == 7  # one row per claim
+    assert any(k.endswith("/_type") and v == "image-file" for k, v in logged.items())
+    (artifact,) = [a for a in rec["artifacts"] if a["type"] == "verdict"]
+    assert artifact["type"] == "verdict" and "verdict.json" in artifact["files"]
+    assert any(f.endswith(".pdf") for f in artifact["files"])
+    assert rec["summary"]["progressive_sharpening/version"] >= 1
+    some_run = next((tmp_path / "runs" / "edge_of_stability").glob("*/wandb"))
+    train_rec = read_run(offline_runs(some_run.parent)[0])
+    assert train_rec["group"] == "edge_of_stability-smoke" and any(t.startswith("seed:") for t in train_rec["tags"])

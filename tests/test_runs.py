@@ -75,6 +75,10 @@ def test_wandb_offline_run_files_hold_metrics_and_config(tiny, store, monkeypatc
     (folder,) = offline_runs(store.run_dir("test", run_id))
     run = read_run(folder)
     assert run["id"] == run_id
+    # a dashboard's handles: the group (experiment, scale when there is one), the variant, the seed as a tag; the
+    # per-layer keys logged but hidden from the default panels
+    assert run["group"] == "test" and run["job_type"] == "depth=2" and {"test", "seed:0", "unit"} <= set(run["tags"])
+    assert {"grad_norm/*", "weight_norm/*", "saturation/*"} <= run["hidden"]
     assert run["config"]["model"]["depth"] == 2 and run["config"]["run_id"] == run_id
     assert run["config"]["data"]["name"] == "gaussian"
     losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
