@@ -170,9 +170,10 @@ def report(
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
 ):
     """DataFrames (CSV), paper-style figures (PNG, PDF) and HTML reports from runs already trained."""
-    from framework.report import NoRuns, log_report_run, write_index
+    from framework.report import NoRuns, write_index
     from framework.report import report as report_one
     from framework.store import RunStore
+    from framework.verdict_run import log_report_run
     try:
         seeding = _seed_options(seeds, seed_base)
         recipes, names = _recipes(), _names(experiment)
