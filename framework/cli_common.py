@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -33,14 +33,22 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                            help="print the installed version and exit")):
+                                            help="print the installed version and exit"),
+          plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="a module or .py file that registers "
+                                                     "your models, datasets or recipes (repeatable; REPRO_PLUGINS)")):
     """Reproduce documented phenomena of neural-network training, tracked run by run."""
+    if plugin:  # through the environment: run all's children and SLURM array tasks load them too
+        known = [p for p in os.environ.get("REPRO_PLUGINS", "").split(",") if p]
+        os.environ["REPRO_PLUGINS"] = ",".join(dict.fromkeys([*known, *(str(Path(p).resolve()) if p.endswith(".py")
+                                                                        else p for p in plugin)]))
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
 def _recipes():
     from experiments import RECIPES
+    from framework.plugins import load_plugins
+    load_plugins()  # a user's own models, datasets and recipes (framework/plugins.py)
     return RECIPES
 
 

@@ -197,4 +197,5 @@ def bench(
 def worker(manifest: Path = typer.Argument(...), task: int = typer.Option(..., help="array task index")):
     """Train one array task's runs (called by the sbatch script)."""
     from framework.cluster import work
+    _recipes()  # the plug-ins the submitting command loaded (REPRO_PLUGINS travels in the job's environment)
     raise typer.Exit(work(manifest, task))

@@ -162,4 +162,9 @@ def input_shape(cfg) -> tuple[tuple[int, ...], int]:
     shapes = {"digits": ((64,), 10), "gaussian": ((cfg.n_features,), cfg.n_classes), "regression1d": ((1,), 1),
               "wilson": ((3 + 5 * cfg.n_samples,), 1), "quadratic": ((cfg.n_features,), 1), "location": ((1,), 1),
               "random_images": ((3, 32, 32), cfg.n_classes)}
-    return shapes[cfg.name]
+    if cfg.name in shapes:
+        return shapes[cfg.name]
+    # a plug-in's dataset (framework/plugins.py): drawn once to read its shape
+    ds = DATASETS.get(cfg.name, "data.name")(cfg, np.random.default_rng(0))
+    outputs = ds.n_classes or (int(ds.y.shape[1]) if ds.y.ndim > 1 else 1)
+    return tuple(int(d) for d in ds.x.shape[1:]), outputs

@@ -7,6 +7,7 @@ same view. Register the class in a Registry (experiments/__init__.py's RECIPES) 
 """
 from __future__ import annotations
 
+import inspect
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -40,7 +41,14 @@ class Recipe(ABC):
     definitions: Definitions = Definitions()  # the claims, fixed before they are judged (framework/claims.py)
 
     def spec_path(self) -> Path:
-        return config_dir() / f"{self.name}.yaml"
+        """configs/<name>.yaml (config_dir), else <name>.yaml beside the recipe's module: a plug-in recipe
+        (framework/plugins.py) keeps its YAML with its code."""
+        path = config_dir() / f"{self.name}.yaml"
+        if not path.exists():
+            beside = Path(inspect.getfile(type(self))).with_name(f"{self.name}.yaml")
+            if beside.exists():
+                return beside
+        return path
 
     def spec(self) -> dict:
         path = self.spec_path()
