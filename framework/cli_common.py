@@ -173,14 +173,14 @@ def command_line(command: str, experiment: str, overrides, scale, seeds, seed_ba
 def write_verdict_table(verdicts: list[dict], reports_dir: Path, command: str) -> None:
     """reports/verdicts.md from the verdicts of every recipe just run or reported (`run all`, `report all`)."""
     from framework.tracking import code_version
-    from framework.verdict_table import render, update_readme, write
+    from framework.verdict_table import generated, update_readme, write
     if not verdicts:
         return
-    console.print(f"wrote {write(verdicts, reports_dir, command, code_version())}")
+    code = code_version()  # git, once
+    console.print(f"wrote {write(verdicts, reports_dir, command, code)}")
     recipes = _recipes()
     every_default = {v["experiment"] for v in verdicts} == set(recipes.names()) and all(
         v["scale"] == recipes.get(v["experiment"])().default_scale() for v in verdicts)
     readme = Path(reports_dir).resolve().parent / "README.md"
-    header = render(verdicts, command, code_version()).splitlines()[2]  # "Generated <when> by <command> ..."
-    if every_default and update_readme(readme, verdicts, header):
+    if every_default and update_readme(readme, verdicts, generated(verdicts, command, code)):
         console.print(f"wrote the results summary in {readme}")

@@ -120,18 +120,15 @@ class Diagnostics(pl.Callback):
 PER_LAYER = ("grad_norm/*", "weight_norm/*", "saturation/*")
 
 
-_HIDDEN: set[int] = set()  # the W&B run objects (by identity) whose per-layer keys are defined hidden
-
-
 def hide_per_layer(logger) -> None:
     """The per-layer keys (~100 for a 50-layer net) stay in the run's history but out of W&B's default panels:
-    defined hidden once per run; the diag/ summaries stay visible."""
-    run = logger.experiment
-    if id(run) in _HIDDEN:
+    defined hidden once per logger (a logger is one W&B run; an id() of a collected run could be reused);
+    the diag/ summaries stay visible."""
+    if getattr(logger, "repro_per_layer_hidden", False):
         return
     for pattern in PER_LAYER:
-        run.define_metric(pattern, hidden=True)
-    _HIDDEN.add(id(run))
+        logger.experiment.define_metric(pattern, hidden=True)
+    logger.repro_per_layer_hidden = True
 
 
 def _rows(step: int, n: int, acts: tuple, v: list) -> list[dict]:

@@ -52,7 +52,7 @@ def load_plugins() -> list[str]:
         _loaded.add(name)
         try:
             target = ep.load() if ep is not None else _import(name)
-            if callable(target) and not isinstance(target, type(sys)):
+            if callable(target):  # an entry point may name a function that registers, not a module
                 target()
         except ValueError as e:  # Registry.register: a name registered twice
             raise UserError(f"plugin {name}: {e} (a built-in or another plug-in has that name; rename yours)") from None

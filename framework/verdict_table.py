@@ -34,19 +34,23 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render(verdicts: list[dict], command: str, code: dict | None = None, when: str | None = None) -> str:
+def generated(verdicts: list[dict], command: str, code: dict | None = None, when: str | None = None) -> str:
+    """The line that dates a table: when, by which command, at which code version, over which seeds."""
     seeds = sorted({s for v in verdicts for s in v.get("seeds", [])})
+    code = code or {}
+    return (f"Generated {when or time.strftime('%Y-%m-%d %H:%M')} by `{command}`"
+            + (f" (code {code['git_sha'][:10]}{', uncommitted changes' if code.get('git_dirty') == 'true' else ''})"
+               if code.get("git_sha") else "")
+            + f"; seeds {', '.join(map(str, seeds)) or 'none'}.")
+
+
+def render(verdicts: list[dict], command: str, code: dict | None = None, when: str | None = None) -> str:
     counts: dict[str, int] = {}
     for v in verdicts:
         for c in v["claims"]:
             counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
-    code = code or {}
     lines = [
-        "# Verdicts", "",
-        f"Generated {when or time.strftime('%Y-%m-%d %H:%M')} by `{command}`"
-        + (f" (code {code['git_sha'][:10]}{', uncommitted changes' if code.get('git_dirty') == 'true' else ''})"
-           if code.get("git_sha") else "")
-        + f"; seeds {', '.join(map(str, seeds)) or 'none'}.",
+        "# Verdicts", "", generated(verdicts, command, code, when),
         "", "Totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".", "",
         "| recipe [scale] | claim | mean [95% interval] | per seed | criterion | verdict |",
         "|---|---|---|---|---|---|",
@@ -61,8 +65,7 @@ def render(verdicts: list[dict], command: str, code: dict | None = None, when: s
 
 def write(verdicts: list[dict], reports_dir: Path, command: str, code: dict | None = None) -> Path:
     path = Path(reports_dir) / NAME
-    text = render(verdicts, command, code)
-    atomic_write(path, text)
+    atomic_write(path, render(verdicts, command, code))
     return path
 
 
