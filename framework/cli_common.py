@@ -76,7 +76,9 @@ def _full(e) -> None:
 
 
 def _stopped(e) -> None:
-    """A stop signal: one line, no traceback, exit 128 + the signal's number."""
+    """A stop signal: one line, no traceback, exit 128 + the signal's number (a USR1 under SLURM: requeued)."""
+    from framework.preemption import SIGNALS
+    SIGNALS.requeue()
     err.print(f"[bold yellow]stopped:[/] {escape(str(e))}; rerun the same command to resume", highlight=False,
               soft_wrap=True)
     raise typer.Exit(128 + e.signum)

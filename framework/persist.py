@@ -152,6 +152,7 @@ def record_stop(e: BaseException, members: list[Member], store, lead, stored: in
                         f"{stored + len(members)} runs were stored; the others will train again: free space and "
                         f"rerun the same command") from None
     if isinstance(e, Stop):
+        SIGNALS.phase = "persist"  # a further signal (the TERM of SLURM's requeue) waits until the statuses are written
         saved = getattr(e, "checkpoint", None)
         for m in members:
             if saved or isinstance(e, Preempted):  # a checkpoint, or stopped before training: resumable

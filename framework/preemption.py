@@ -98,10 +98,10 @@ class StopSignals:
         raise STOPS[signum](f"{STOPS[signum].reason} by signal {signal.Signals(signum).name}")
 
     def check(self, where: str) -> None:
-        """Raises the pending stop, if any (called between runs and between a run's phases); a USR1 under
-        SLURM asks for the requeue first."""
+        """Raises the pending stop, if any (called between runs and between a run's phases). The requeue a USR1
+        under SLURM asks for comes later, once the stop is recorded (persist.record_stop, the task, the command):
+        SLURM's requeue sends the task a TERM, which must not cut the recording short."""
         if self.requested is not None:
-            self.requeue()
             raise STOPS[self.requested](f"{STOPS[self.requested].reason} by signal "
                                         f"{signal.Signals(self.requested).name} {where}")
 

@@ -24,7 +24,7 @@ from framework.preemption import SIGNALS, Preemption
 from framework.probes import Probes
 from framework.process import build_trainer, is_lead_process, quiet_lightning, set_threads
 from framework.store import RunStore
-from framework.tracking import make_wandb_logger
+from framework.tracking import finish_run, make_wandb_logger
 
 
 class StepProgress(pl.Callback):
@@ -163,7 +163,7 @@ def _attempt(members: list[Member], store, scale, force, progress, extra_callbac
     finally:
         for m in members:
             if m.wandb is not None and m.wandb._experiment is not None:
-                m.wandb.experiment.finish()  # still in persist: a signal now waits until the W&B run is closed
+                finish_run(m.wandb.experiment)  # still in persist: a signal now waits until the W&B run is closed
         if task is not None:
             progress.remove_task(task)
         SIGNALS.phase = "idle"

@@ -118,3 +118,26 @@ def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = 
     # Lightning always passes `anonymous`, which wandb now only warns about.
     logger._wandb_init.pop("anonymous", None)
     return logger
+
+
+def finish_run(run, timeout: float = 30.0) -> None:
+    """Finishes a W&B run and waits until its transaction log (the .wandb file `repro sync` uploads) holds the
+    exit record: wandb's service closes that file after `finish()` returns, so a file read or a process killed
+    right after could otherwise see a run with none of its records."""
+    import time
+
+    from framework.wandb_files import read_run
+    path = Path(getattr(run.settings, "sync_file", "") or "")
+    run.finish()
+    deadline = time.monotonic() + timeout
+    while path.is_file():
+        try:
+            if read_run(path)["complete"]:
+                return
+        except Exception:  # a record half-written at this instant: read again
+            pass
+        if time.monotonic() > deadline:
+            print(f"warning: the W&B record {path} is still incomplete {timeout:.0f} s after its run finished",
+                  flush=True)
+            return
+        time.sleep(0.05)

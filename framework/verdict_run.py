@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from framework.config import RunConfig
-from framework.tracking import wandb_mode
+from framework.tracking import finish_run, wandb_mode
 
 
 def log_report_run(verdict: dict, outdir: Path, tracking=None) -> None:
@@ -49,4 +49,4 @@ def log_report_run(verdict: dict, outdir: Path, tracking=None) -> None:
                 artifact.add_file(str(outdir / f))
         run.log_artifact(artifact)
     finally:
-        run.finish()
+        finish_run(run)

@@ -49,13 +49,14 @@ def _key(item) -> str:
 
 def read_run(path: str | Path) -> dict:
     """path: an offline-run folder or its .wandb file. Returns {'id', 'group', 'job_type', 'tags', 'config',
-    'history', 'summary', 'hidden', 'artifacts'} ('hidden': the metric names and globs defined hidden from the default
-    panels; 'artifacts': each logged artifact's name, type and files)."""
+    'history', 'summary', 'hidden', 'artifacts', 'complete'} ('hidden': the metric names and globs defined hidden from
+    the default panels; 'artifacts': each logged artifact's name, type and files; 'complete': the run's exit record,
+    its last, is in the file)."""
     path = Path(path)
     if path.is_dir():
         path = next(path.glob("*.wandb"))
     out = {"id": None, "group": None, "job_type": None, "tags": [], "config": {}, "history": [], "summary": {},
-           "hidden": set(), "artifacts": []}
+           "hidden": set(), "artifacts": [], "complete": False}
     for payload in _payloads(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(payload)
@@ -75,6 +76,8 @@ def read_run(path: str | Path) -> dict:
                                      "files": [m.path for m in record.artifact.manifest.contents]})
         elif kind == "metric" and record.metric.options.hidden:
             out["hidden"].add(record.metric.glob_name or record.metric.name)
+        elif kind == "exit":
+            out["complete"] = True
         elif kind == "summary":
             for item in record.summary.update:
                 out["summary"][_key(item)] = json.loads(item.value_json)

@@ -37,15 +37,22 @@ def slurm():
     return {"SLURM_CONF": conf}
 
 
-def wait_for_queue(name: str, timeout: float = 240, until=lambda jobs: not jobs):
+def job_of(submitted) -> str:
+    """The array job id `repro submit` printed."""
+    return re.search(r"submitted job (\d+)", submitted.stdout).group(1)
+
+
+def wait_for_queue(job: str, timeout: float = 240, until=lambda jobs: not jobs):
+    """Waits until `until` holds for this job's array tasks in squeue (by id: another job of the same name,
+    a test's leftover, is not this one); by default until the job has left the queue."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r"], capture_output=True, text=True)
+        out = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i %T %r"], capture_output=True, text=True)
         jobs = [line.split() for line in out.stdout.strip().splitlines()]
         if until(jobs):
             return jobs
         time.sleep(1)
-    raise TimeoutError(f"jobs {name} still queued: {jobs}")
+    raise TimeoutError(f"job {job} still queued: {jobs}")
 
 
 def local_summaries(name, overrides, tmp_path):
@@ -61,7 +68,7 @@ def test_submit_array_runs_every_run_like_a_local_run(slurm, tmp_path):
     r = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr
     assert "submitted job" in r.stdout and "4 runs in 4 array tasks" in r.stdout and "logs in" in r.stdout
-    wait_for_queue("repro-double_descent")
+    wait_for_queue(job_of(r))
     store = RunStore(runs_dir)
     reference = local_summaries("double_descent", QUICK, tmp_path)
     for run_id, local in reference.items():
@@ -82,23 +89,25 @@ def test_preempted_run_resumes_from_its_checkpoint_on_slurm(slurm, tmp_path):
     runs_dir = tmp_path / "runs"
     r = repro("submit", "double_descent", "--scale", "smoke", *ONE, *overrides, "--runs-dir", str(runs_dir), env=slurm)
     assert r.returncode == 0, r.stderr
-    job = r.stdout.split("submitted job ")[1].split(":")[0]
+    job = job_of(r)
     from experiments import RECIPES
     (run_id,) = [run.run_id for run in RECIPES.get("double_descent")().runs("smoke", overrides, seeds=1)]
     metrics = runs_dir / "double_descent" / run_id / "lightning" / "metrics.csv"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded machine: the task may wait for the node, then for torch's import
     while not metrics.exists() and time.time() < deadline:  # first written at step 100
         time.sleep(0.2)
+    queue = subprocess.run(["squeue"], capture_output=True, text=True).stdout
+    assert metrics.exists(), f"the task never reached step 100 in 300 s: {queue}"
     sent = subprocess.run(["scancel", "--signal=USR1", f"{job}_0"], capture_output=True, text=True)
     assert sent.returncode == 0, f"scancel: {sent.stderr}"  # SLURM's pre-timeout signal
-    wait_for_queue("repro-double_descent", 60, until=lambda jobs: jobs and jobs[0][1] == "PENDING")
+    wait_for_queue(job, 60, until=lambda jobs: jobs and jobs[0][1] == "PENDING")
     status = json.loads((runs_dir / "double_descent" / run_id / "status.json").read_text())
     assert status["status"] == "pending" and status["preempted"] is True
     assert (runs_dir / "double_descent" / run_id / "checkpoint.ckpt").exists()
     # SLURM holds a requeued job ~2 minutes before it is eligible again; start it now
     subprocess.run(["scontrol", "update", f"jobid={job}_0", "StartTime=now"], check=True)
     t0 = time.time()
-    wait_for_queue("repro-double_descent", 400)
+    wait_for_queue(job, 400)
     print(f"resumed job ran {time.time() - t0:.0f} s")
     store = RunStore(runs_dir)
     final = store.read_json("double_descent", run_id, "status.json")
@@ -219,7 +228,7 @@ def test_submit_from_a_folder_with_spaces_and_shell_syntax(slurm, tmp_path):
     r = repro("submit", "double_descent", "--scale", "smoke", *ONE, *QUICK, "grid.model.width=[4]", "--runs-dir",
               str(where / "runs"), env=slurm, cwd=where)
     assert r.returncode == 0, r.stderr
-    wait_for_queue("repro-double_descent")
+    wait_for_queue(job_of(r))
     (summary,) = list((where / "runs" / "double_descent").glob("*/summary.json"))
     assert json.loads(summary.read_text())["train_loss"] >= 0
     assert not list(tmp_path.rglob("pwned")) and not (ROOT / "pwned").exists()
@@ -247,7 +256,7 @@ def test_a_second_submit_leaves_out_runs_pending_or_running_in_slurm(slurm, tmp_
     assert second.returncode == 0, second.stderr
     assert "nothing to submit" in second.stdout and "pending or running" in second.stdout, second.stdout
     assert len(list((runs_dir / "double_descent" / "_slurm").iterdir())) == 1
-    wait_for_queue("repro-double_descent", 600)
+    wait_for_queue(job_of(first), 600)
     store = RunStore(runs_dir)
     for run_id in store.run_ids("double_descent"):
         status = store.status_record("double_descent", run_id)
@@ -265,7 +274,7 @@ def test_fused_groups_go_as_array_tasks(slurm, tmp_path):
     assert n_tasks < n_runs
     manifest = json.loads(next((runs_dir / "lr_scaling" / "_slurm").glob("*/manifest.json")).read_text())
     assert manifest["fuse"] == "auto" and max(len(t) for t in manifest["tasks"]) > 1
-    wait_for_queue("repro-lr_scaling")
+    wait_for_queue(job_of(r))
     local = RunStore(tmp_path / "local")
     run_suite(RECIPES.get("lr_scaling")(), "smoke", QUICK, local, tmp_path / "reports", seeds=1)
     store = RunStore(runs_dir)
@@ -319,7 +328,7 @@ def test_profile_directives_reach_the_local_slurm(slurm, tmp_path):
     job_id = (job / "job_id").read_text().strip()
     shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert "Comment=repro-directives" in shown, shown
-    wait_for_queue("repro-double_descent")
+    wait_for_queue(job_id)
     from experiments import RECIPES
     (run,) = RECIPES.get("double_descent")().runs("smoke", [*QUICK, "grid.model.width=[8]"], seeds=1)
     assert RunStore(runs_dir).status("double_descent", run.run_id) == "done"
