@@ -89,12 +89,6 @@ def status(
         console.print(f"  job {job['job']}: {job['state']} {job['time']} {job['reason']}")
 
 
-def offline_folders(runs_dir: Path, reports_dir: Path) -> list[str]:
-    """Every offline W&B run of the store (runs/<exp>/<run>/wandb/) and of the reports (reports/<exp>/<scale>/wandb/)."""
-    folders = sorted(str(p) for p in runs_dir.glob("*/*/wandb/offline-run-*"))
-    return folders + sorted(str(p) for p in reports_dir.glob("*/*/wandb/offline-run-*"))
-
-
 def sync_command(folders: list[str], dry_run: bool = False) -> list[str]:
     """The `wandb sync` command line for these run folders. wandb >= 0.30 syncs offline runs it is given by path
     (0.30 removed --include-offline, which it now rejects); pyproject pins the wandb this is written against."""
@@ -106,18 +100,32 @@ def sync_command(folders: list[str], dry_run: bool = False) -> list[str]:
 def sync(runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
          reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")),
                                           help="verdicts and figures (their report runs)"),
-         dry_run: bool = typer.Option(False, "--dry-run", help="list what wandb would upload; upload nothing")):
-    """Upload offline W&B runs (training runs and report runs) with `wandb sync` once you are online."""
+         dry_run: bool = typer.Option(False, "--dry-run", help="say what would be uploaded; upload nothing (a "
+                                                               "resumed run's attempts are still merged, locally)")):
+    """Upload the offline W&B runs the commands wrote (training runs, a resumed run's attempts merged into one
+    with its whole history, and each suite's latest verdict run) with `wandb sync`, each once."""
     import subprocess
 
     from framework.tracking import _has_api_key
-    folders = offline_folders(runs_dir, reports_dir)
-    if not folders:
-        _fail(UserError(f"no offline W&B runs under {runs_dir} or {reports_dir}"))
+    from framework.wandb_sync import describe, plan
     if not dry_run and not _has_api_key():
         _fail(UserError("no W&B API key: run `wandb login` (or set WANDB_API_KEY) first"))
+    uploads = plan(runs_dir, reports_dir)
+    if not uploads:
+        _fail(UserError(f"no offline W&B runs under {runs_dir} or {reports_dir}"))
+    for line in describe(uploads):
+        console.print(line, highlight=False, soft_wrap=True)
+    folders = [str(u.folder) for u in uploads if not u.synced]
+    if not folders:
+        console.print("nothing to sync: every run is already uploaded")
+        return
     console.print(f"{'would sync' if dry_run else 'syncing'} {len(folders)} offline runs...")
-    raise typer.Exit(subprocess.run(sync_command(folders, dry_run)).returncode)
+    code = subprocess.run(sync_command(folders, dry_run)).returncode
+    if not dry_run:
+        left = sum(not u.synced for u in uploads)
+        console.print(f"synced {len(folders) - left} of {len(folders)} runs" + (f"; {left} not uploaded (rerun "
+                      f"`repro sync` to retry them)" if left else ""))
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -151,7 +151,8 @@ def submit(recipe, scale: str, overrides, store: RunStore, profile_name: str, dr
         raise UserError("sbatch not found on PATH: is this a SLURM login node? (slurm/local-cluster.sh start "
                         "runs a local one)")
     manifest = {"experiment": recipe.name, "scale": scale, "runs_dir": str(store.root.resolve()), "fuse": fuse,
-                "fuse_max": fuse_max, "tasks": [[to_dict(r.cfg) for r in task] for task in tasks]}
+                "fuse_max": fuse_max, "tasks": [[to_dict(r.cfg) for r in task] for task in tasks],
+                "axes": [[r.axes for r in task] for task in tasks]}
     (job_dir / "logs").mkdir(parents=True, exist_ok=True)
     atomic_write(job_dir / "manifest.json", json.dumps(manifest))
     atomic_write(job_dir / "job.sbatch", script)
@@ -174,13 +175,14 @@ def work(manifest_path: Path, task: int) -> int:
     (0 when SLURM requeues the task: the requeued task resumes from the checkpoint)."""
     manifest = json.loads(Path(manifest_path).read_text())
     store = RunStore(manifest["runs_dir"])
-    runs = [Run(from_dict(c), {}) for c in manifest["tasks"][task]]
+    axes = manifest.get("axes", [[{}] * len(t) for t in manifest["tasks"]])[task]
+    runs = [Run(from_dict(c), a) for c, a in zip(manifest["tasks"][task], axes)]
     failed = 0
     with SIGNALS.owned():
         for group in plan_suite(runs, store, manifest.get("fuse", "off"), manifest.get("fuse_max", 16)):
             try:
                 SIGNALS.check("between runs")
-                results = train_group([r.cfg for r in group], store, scale=manifest["scale"])
+                results = train_group([r.cfg for r in group], store, scale=manifest["scale"], axes=[r.axes for r in group])
             except Stop as e:
                 requeued = SIGNALS.requeue()  # already asked for when the signal was USR1 under SLURM
                 print(f"stopped: {e}{' (requeued)' if requeued else ''}", flush=True)

@@ -65,8 +65,8 @@ def usable_checkpoint(store: RunStore, path: Path) -> Path | None:
 class Member:
     """One run of a fit (a group has one or more): its config, identity, lock and attempt."""
 
-    def __init__(self, cfg: RunConfig, run_id: str, lock: RunLock | None):
-        self.cfg, self.run_id, self.lock = cfg, run_id, lock
+    def __init__(self, cfg: RunConfig, run_id: str, lock: RunLock | None, axes: dict | None = None):
+        self.cfg, self.run_id, self.lock, self.axes = cfg, run_id, lock, axes
         self.exp = cfg.experiment
         self.attempt, self.module, self.splits, self.wandb = 0, None, None, None
         self.group: str | None = None  # the fused group's folder, when it trains in one

@@ -51,11 +51,12 @@ def train(cfg: RunConfig, store: RunStore, scale: str = "", force: bool = False,
 
 
 def train_group(cfgs: list[RunConfig], store: RunStore, scale: str = "", force: bool = False, progress=None,
-                callbacks: tuple = ()) -> list:
+                callbacks: tuple = (), axes: list[dict] | None = None) -> list:
     """Trains the unfinished runs of `cfgs` together (one fused fit when there are several; the planner,
     framework/planner.py, decides what may fuse) and returns, in order, each run's summary, or the RunBusy of a
     run another live process owns (the others train without it).
-    `callbacks`: extra Lightning callbacks for the fit (they do not change any run's identity)."""
+    `callbacks`: extra Lightning callbacks for the fit (they do not change any run's identity). `axes`: each run's
+    grid point (axis -> value), shown in its W&B config as `grid` (not part of its identity)."""
     ids = [config_hash(c) for c in cfgs]
     results: list = [None] * len(cfgs)
 
@@ -82,7 +83,8 @@ def train_group(cfgs: list[RunConfig], store: RunStore, scale: str = "", force: 
                 results[i] = e
         with SIGNALS.owned():
             # finished by another process meanwhile
-            members = [Member(cfgs[i], ids[i], locks[i]) for i in locks if not (lead and reuse(i))]
+            members = [Member(cfgs[i], ids[i], locks[i], axes[i] if axes else None)
+                       for i in locks if not (lead and reuse(i))]
             if members:
                 for i, out in zip([ids.index(m.run_id) for m in members],
                                   _attempt(members, store, scale, force, progress, callbacks, lead)):
@@ -110,7 +112,8 @@ def _build(members: list[Member], store: RunStore, scale: str) -> tuple:
         datamodules.append(TensorDataModule(m.splits, m.cfg.data, m.cfg.seed))
         run_dir = store.run_dir(m.exp, m.run_id)
         m.loggers = [CSVLogger(save_dir=str(run_dir), name="", version="lightning")]
-        m.wandb = make_wandb_logger(m.cfg, m.run_id, run_dir, scale, several=len(members) > 1)
+        m.wandb = make_wandb_logger(m.cfg, m.run_id, run_dir, scale, several=len(members) > 1, attempt=m.attempt,
+                                     axes=m.axes)
         if m.wandb is not None:
             m.loggers.append(m.wandb)
     if len(members) == 1:

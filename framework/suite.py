@@ -77,7 +77,8 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
             busy = []
             for group in plan_suite(pending, store, fuse, fuse_max, force):
                 SIGNALS.check("between runs")
-                results = train_group([r.cfg for r in group], store, scale=scale, force=force, progress=progress)
+                results = train_group([r.cfg for r in group], store, scale=scale, force=force, progress=progress,
+                                      axes=[r.axes for r in group])
                 for run, summary in zip(group, results):
                     if isinstance(summary, RunBusy):
                         busy.append((run, summary.owner))

@@ -92,9 +92,18 @@ def _read_requirements_once() -> None:
     wandb.util.working_set = working_set
 
 
-def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = "", several: bool = False):
-    """A WandbLogger whose run id is the config hash, so a relaunch or requeue resumes the same W&B run.
-    several: one of the W&B runs of a fused group, open side by side in this process."""
+def wandb_id(run_id: str, attempt: int) -> str:
+    """The W&B run of an attempt: the config hash for the first, so a resume from the checkpoint (a requeue,
+    a relaunch) continues the same W&B run; a fresh attempt (`--force`, a retry after a failure) starts its own
+    W&B run, `<hash>-<attempt>`, instead of appending its history to the old one's."""
+    return run_id if attempt <= 1 else f"{run_id}-{attempt}"
+
+
+def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = "", several: bool = False,
+                      attempt: int = 1, axes: dict | None = None):
+    """A WandbLogger for this attempt of the run (its id: `wandb_id`). several: one of the W&B runs of a fused
+    group, open side by side in this process. axes: the run's grid point, in the config as `grid` (a dashboard
+    groups and filters by `grid.<axis>`; a named variant's label is its value)."""
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return None
@@ -110,8 +119,10 @@ def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = 
     logger = WandbLogger(
         project=cfg.tracking.project, entity=cfg.tracking.entity or None,
         group=f"{cfg.experiment}-{scale}" if scale else cfg.experiment,
-        job_type=cfg.variant[:64], name=f"{cfg.variant}-{run_id}"[:128], tags=tags, id=run_id, resume="allow",
-        mode=mode, save_dir=str(save_dir), config={**to_dict(cfg), "run_id": run_id, "code": code_version()},
+        job_type=cfg.variant[:64], name=f"{cfg.variant}-{run_id}"[:128], tags=tags, id=wandb_id(run_id, attempt),
+        resume="allow",
+        mode=mode, save_dir=str(save_dir), config={**to_dict(cfg), "run_id": run_id, "attempt": attempt, "grid": dict(axes or {}),
+                                                           "code": code_version()},
         settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True, x_disable_meta=False),
         **({"reinit": "create_new"} if several else {}),
     )

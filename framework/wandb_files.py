@@ -48,21 +48,22 @@ def _key(item) -> str:
 
 
 def read_run(path: str | Path) -> dict:
-    """path: an offline-run folder or its .wandb file. Returns {'id', 'group', 'job_type', 'tags', 'config',
+    """path: an offline-run folder or its .wandb file. Returns {'id', 'project', 'entity', 'name', 'group', 'job_type', 'tags', 'config',
     'history', 'summary', 'hidden', 'artifacts', 'complete'} ('hidden': the metric names and globs defined hidden from
     the default panels; 'artifacts': each logged artifact's name, type and files; 'complete': the run's exit record,
     its last, is in the file)."""
     path = Path(path)
     if path.is_dir():
         path = next(path.glob("*.wandb"))
-    out = {"id": None, "group": None, "job_type": None, "tags": [], "config": {}, "history": [], "summary": {},
+    out = {"id": None, "project": None, "entity": None, "name": None, "group": None, "job_type": None, "tags": [], "config": {}, "history": [], "summary": {},
            "hidden": set(), "artifacts": [], "complete": False}
     for payload in _payloads(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            out["id"] = record.run.run_id
+            out["id"], out["project"], out["entity"] = record.run.run_id, record.run.project, record.run.entity
+            out["name"] = record.run.display_name
             out["group"], out["job_type"], out["tags"] = record.run.run_group, record.run.job_type, list(record.run.tags)
             for item in record.run.config.update:
                 out["config"][_key(item)] = json.loads(item.value_json)

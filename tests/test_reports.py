@@ -177,3 +177,17 @@ def test_the_verdict_run_in_wandb_sits_beside_its_training_runs(tmp_path):
     some_run = next((tmp_path / "runs" / "edge_of_stability").glob("*/wandb"))
     train_rec = read_run(offline_runs(some_run.parent)[0])
     assert train_rec["group"] == "edge_of_stability-smoke" and any(t.startswith("seed:") for t in train_rec["tags"])
+    assert train_rec["job_type"] == train_rec["config"]["variant"] and "smoke" in train_rec["tags"]
+    # the run's grid point in its config: a dashboard groups by grid.<axis>
+    assert "seed" in train_rec["config"]["grid"] and len(train_rec["config"]["grid"]) >= 2
+    from framework.diagnostics import PER_LAYER
+    assert set(PER_LAYER) <= train_rec["hidden"]
+    # repro sync --dry-run: the training runs and the suite's latest verdict run (its older report left out)
+    sync = repro("sync", "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"),
+                 env=env)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    n_train = len(list((tmp_path / "runs" / "edge_of_stability").glob("*/wandb")))
+    assert f"training runs: {n_train} to upload" in sync.stdout
+    assert "report runs: 1 to upload" in sync.stdout and "1 older reports" in sync.stdout
+    assert f"edge_of_stability/smoke: {folders[-1].name}" in sync.stdout
+    assert f"would sync {n_train + 1} offline runs" in sync.stdout
