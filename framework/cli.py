@@ -22,9 +22,11 @@ from framework import cli_claims, cli_plan, cli_tools  # noqa: F401  (register c
 from framework.cli_common import (
     EXIT_BAD_INPUT,
     EXIT_RUNS_FAILED,
+    RECIPE_HELP,
     SEED_BASE_HELP,
     SEEDS_HELP,
     YES_HELP,
+    Fuse,
     _check_fuse,
     _check_runs_dir,
     _confirm,
@@ -39,7 +41,9 @@ from framework.cli_common import (
     command_line,
     console,
     err,
+    fuse_option,
     print_verdicts,
+    scale_option,
     write_verdict_table,
 )
 from framework.registry import UserError
@@ -47,15 +51,15 @@ from framework.registry import UserError
 
 @app.command()
 def run(
-    experiment: str = typer.Argument(..., help="a recipe name (see `repro list`), or 'all'"),
+    experiment: str = typer.Argument(..., help=RECIPE_HELP + ", or 'all'"),
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides: model.depth=20 optim.lr=0.05; "
                                                               "grid.model.depth=[2,3] replaces a grid axis"),
-    scale: Optional[str] = typer.Option(None, help="smoke, cpu (default) or a scale the recipe's YAML defines"),
+    scale: Optional[str] = scale_option("the recipe's scale (default: its default scale, cpu for the built-in ones)"),
     force: bool = typer.Option(False, help="re-run finished runs instead of skipping them"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
     reports_dir: Path = typer.Option(Path(os.environ.get("REPRO_REPORTS", "reports")), help="verdicts and figures"),
-    fuse: str = typer.Option("auto", help="auto: runs of one shape train together as one fused model (each still "
-                                          "its own run); off: one after another"),
+    fuse: Fuse = fuse_option("auto: runs of one shape train together as one fused model (each still its own run); "
+                            "off: one after another"),
     fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
     seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
@@ -71,7 +75,7 @@ def run(
     _confirm(yes)
     try:
         _check_runs_dir(runs_dir)
-        _check_fuse(fuse, fuse_max)
+        fuse = _check_fuse(fuse, fuse_max)
         seeding = _seed_options(seeds, seed_base)
         recipes, names = _recipes(), _names(experiment)
         if workers < 0:
@@ -159,9 +163,9 @@ def _run_side_by_side(names: list[str], child: list[str], reports_dir: Path, sca
 
 @app.command()
 def report(
-    experiment: str = typer.Argument(..., help="a recipe name, or 'all'"),
+    experiment: str = typer.Argument(..., help=RECIPE_HELP + ", or 'all'"),
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as for `repro run`"),
-    scale: Optional[str] = typer.Option(None, help="the scale whose runs to report (default: each recipe's default)"),
+    scale: Optional[str] = scale_option("the scale whose runs to report (default: each recipe's default)"),
     source: str = typer.Option("local", help="local (the run store) or wandb (wandb.Api online, else offline files)"),
     wandb_run: bool = typer.Option(True, help="also log the verdict and figures to a W&B report run"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),

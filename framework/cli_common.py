@@ -3,6 +3,7 @@ options' checks and the verdict table. The commands import the framework inside 
 to import, and `repro --help` or a bad option should not wait for it."""
 from __future__ import annotations
 
+import enum
 import os
 import shlex
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -19,6 +21,18 @@ from framework.verdict_table import cells
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce documented phenomena of neural-network training, tracked run by run.")
+
+
+def _usage_error_line(e) -> None:
+    """A bad option or argument (click's usage errors: a choice not offered, a missing argument) as one line on
+    stderr, exit 2, like every other bad input; typer's boxed panel has no such switch, so it is replaced here."""
+    if e.__class__.__name__ == "NoArgsIsHelpError":
+        return
+    command = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+    print(f"error: {e.format_message().replace('Value error, ', '')}{command}", file=sys.stderr)
+
+
+typer.rich_utils.rich_format_error = _usage_error_line
 
 
 def _version(value: bool) -> None:
@@ -52,10 +66,19 @@ def _recipes():
     return RECIPES
 
 
-def _names(experiment: str) -> list[str]:
-    """'all' or one recipe name, checked before anything runs."""
+def _recipe_name(experiment: str) -> str:
+    """A recipe's name, or where a recipe lives (`path/to/recipe.py`, `pkg.module:Class`: loaded as a plug-in)."""
+    from framework.plugins import is_recipe_spec, load_recipe
     recipes = _recipes()
-    names = recipes.names() if experiment == "all" else [experiment]
+    name = load_recipe(experiment) if is_recipe_spec(experiment) else experiment
+    recipes.check(name, "experiment")
+    return name
+
+
+def _names(experiment: str) -> list[str]:
+    """'all' or one recipe (by name or where it lives), checked before anything runs."""
+    recipes = _recipes()
+    names = recipes.names() if experiment == "all" else [_recipe_name(experiment)]
     for name in names:
         recipes.check(name, "experiment")
     return names
@@ -152,12 +175,45 @@ def _print_failures(verdicts: list[dict]) -> bool:
     return bool(failed or broken)
 
 
-def _check_fuse(fuse: str, fuse_max: int) -> None:
+# Choices shown in --help and checked by click (exit 2, naming the option); literal here so that --help does not
+# import torch: tests/test_config.py checks them against planner.FUSE_MODES, the bench's SIZES, the recipes' scales
+FUSE_CHOICES = ("auto", "off")
+SIZE_CHOICES = ("small", "full")
+RECIPE_HELP = "a recipe: its name (see `repro list`), or where it lives: path/to/recipe.py[:Class] or pkg.module:Class"
+SCALES = ("smoke", "cpu", "gpu", "paper")  # every built-in recipe's scales; a recipe's YAML may define more
+
+
+def _complete_scale(incomplete: str) -> list[str]:
+    return [s for s in SCALES if s.startswith(incomplete)]
+
+
+class _Choice(str, enum.Enum):
+    def __str__(self) -> str:
+        return self.value
+
+
+Fuse = _Choice("Fuse", {c: c for c in FUSE_CHOICES})
+Size = _Choice("Size", {c: c for c in SIZE_CHOICES})
+
+
+def fuse_option(help: str):
+    return typer.Option(Fuse.auto, help=help)
+
+
+def scale_option(help: str):
+    return typer.Option(None, metavar="[" + "|".join(SCALES) + "|...]", autocompletion=_complete_scale,
+                        help=f"{help}; a recipe's YAML may define other scales")
+
+
+def _check_fuse(fuse, fuse_max: int) -> str:
+    """The --fuse value as a plain string, checked."""
     from framework.planner import FUSE_MODES  # the CLI imports torch only once a command needs it (--help: 0.2 s)
+    fuse = getattr(fuse, "value", fuse)
     if fuse not in FUSE_MODES:
         raise UserError(f"--fuse: expected one of {', '.join(FUSE_MODES)}, got {fuse!r}")
     if fuse_max < 1:
         raise UserError(f"--fuse-max: must be >= 1, got {fuse_max}")
+    return fuse
 
 
 def _one_line(text) -> str:

@@ -7,14 +7,25 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from framework.cli_common import SEED_BASE_HELP, SEEDS_HELP, _fail, _names, _recipes, _seed_options, app, console
+from framework.cli_common import (
+    RECIPE_HELP,
+    SEED_BASE_HELP,
+    SEEDS_HELP,
+    _fail,
+    _names,
+    _recipes,
+    _seed_options,
+    app,
+    console,
+    scale_option,
+)
 from framework.registry import UserError
 
 
 @app.command()
-def plan(experiment: str = typer.Argument(..., help="a recipe name, or 'all'"),
+def plan(experiment: str = typer.Argument(..., help=RECIPE_HELP + ", or 'all'"),
          overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as `repro run` takes them"),
-         scale: Optional[str] = typer.Option(None, help="one scale (default: every scale the recipe defines)"),
+         scale: Optional[str] = scale_option("one scale (default: every scale the recipe defines)"),
          seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
          seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
          groups: bool = typer.Option(False, "--groups", help="also list every fused group: its size, steps and runs")):

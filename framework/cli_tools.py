@@ -13,29 +13,35 @@ from rich.markup import escape
 from rich.table import Table
 
 from framework.cli_common import (
+    RECIPE_HELP,
     SEED_BASE_HELP,
     SEEDS_HELP,
     YES_HELP,
+    Fuse,
+    Size,
     _check_fuse,
     _confirm,
     _fail,
+    _recipe_name,
     _recipes,
     _seed_options,
     app,
     console,
+    fuse_option,
+    scale_option,
 )
 from framework.registry import UserError
 
 
 @app.command()
 def submit(
-    experiment: str = typer.Argument(..., help="a recipe name (see `repro list`)"),
+    experiment: str = typer.Argument(..., help=RECIPE_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as for `repro run`"),
-    scale: Optional[str] = typer.Option(None, help="the recipe's scale (default: its default scale)"),
+    scale: Optional[str] = scale_option("the recipe's scale (default: its default scale)"),
     profile: str = typer.Option("local", help="a cluster profile from slurm/profiles.yaml"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the sbatch script and submit nothing"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
-    fuse: str = typer.Option("auto", help="auto: each fused group of runs is one array task; off: runs alone"),
+    fuse: Fuse = fuse_option("auto: each fused group of runs is one array task; off: runs alone"),
     fuse_max: int = typer.Option(16, "--fuse-max", help="at most this many runs in a fused group"),
     seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
@@ -46,9 +52,8 @@ def submit(
     from framework.store import RunStore
     _confirm(yes)
     try:
-        _check_fuse(fuse, fuse_max)
-        recipes = _recipes()
-        recipe = recipes.get(experiment, "experiment")()
+        fuse = _check_fuse(fuse, fuse_max)
+        recipe = _recipes().get(_recipe_name(experiment))()
         result = submit_suite(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir), profile,
                               dry_run, fuse=fuse, fuse_max=fuse_max, **_seed_options(seeds, seed_base))
     except UserError as e:
@@ -64,9 +69,9 @@ def submit(
 
 @app.command()
 def status(
-    experiment: str = typer.Argument(..., help="a recipe name"),
+    experiment: str = typer.Argument(..., help=RECIPE_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, as for `repro run`"),
-    scale: Optional[str] = typer.Option(None, help="the recipe's scale (default: its default scale)"),
+    scale: Optional[str] = scale_option("the recipe's scale (default: its default scale)"),
     runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")), help="the local run store"),
     seeds: Optional[int] = typer.Option(None, help=SEEDS_HELP),
     seed_base: int = typer.Option(0, "--seed-base", help=SEED_BASE_HELP),
@@ -75,7 +80,7 @@ def status(
     from framework.cluster import status as suite_status
     from framework.store import RunStore
     try:
-        recipe = _recipes().get(experiment, "experiment")()
+        recipe = _recipes().get(_recipe_name(experiment))()
         s = suite_status(recipe, scale or recipe.default_scale(), overrides or [], RunStore(runs_dir),
                          **_seed_options(seeds, seed_base))
     except UserError as e:
@@ -132,7 +137,7 @@ def sync(runs_dir: Path = typer.Option(Path(os.environ.get("REPRO_RUNS", "runs")
 def bench(
     overrides: Optional[List[str]] = typer.Argument(None, help="config overrides for every case, e.g. "
                                                               "trainer.precision=bf16-mixed trainer.compile=true"),
-    size: str = typer.Option("small", help="small (CI, seconds per case) or full (the recorded figures)"),
+    size: Size = typer.Option(Size.small, help="small (CI, seconds per case) or full (the recorded figures)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
     case: Optional[List[str]] = typer.Option(None, help="only these cases (deep_mlp_50x10, wide_mlp_2x2048, "
                                                         "resnet18_cifar, fused_mlp_16x50x10; on a GPU by default "
@@ -147,6 +152,7 @@ def bench(
     from framework.bench import fused as fused_bench
     from framework.overrides import parse_overrides
     try:
+        size = getattr(size, "value", size)
         if size not in benchmark.SIZES:
             raise UserError(f"--size: choose one of {', '.join(benchmark.SIZES)}, got {size!r}")
         known = [c.name for c in benchmark.CASES] + list(fused_bench.FUSED_CASES)

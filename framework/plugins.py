@@ -60,3 +60,46 @@ def load_plugins() -> list[str]:
             raise UserError(f"plugin {name}: failed to load: {type(e).__name__}: {e}") from None
         loaded.append(name)
     return loaded
+
+
+def is_recipe_spec(experiment: str) -> bool:
+    """A recipe given by where it lives (`path/to/recipe.py`, `...py:Class`, `pkg.module:Class`), not by name."""
+    return experiment.endswith(".py") or ":" in experiment or os.sep in experiment
+
+
+def load_recipe(spec: str) -> str:
+    """Imports the recipe `spec` names as a plug-in and returns its name. `path/to/recipe.py` (one recipe in it),
+    `path/to/recipe.py:Class` or `pkg.module:Class`; its YAML beside the module. The module joins REPRO_PLUGINS,
+    so `repro submit`'s array tasks load it (and its models and datasets) too. A class its module does not
+    register is registered here under its `name`."""
+    from experiments import RECIPES
+    from framework.recipe import Recipe
+    where, _, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    load_plugins()
+    names = [s.strip() for s in os.environ.get("REPRO_PLUGINS", "").split(",") if s.strip()]
+    if where not in names:
+        os.environ["REPRO_PLUGINS"] = ",".join([*names, where])
+    load_plugins()
+    module = sys.modules[f"repro_plugin_{Path(where).stem}" if where.endswith(".py") or os.sep in where else where]
+    classes = [c for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, Recipe) and c is not Recipe and c.__module__ == module.__name__]
+    if attr:
+        cls = getattr(module, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, Recipe)):
+            raise UserError(f"experiment {spec}: {where} has no recipe class {attr!r}; its recipes: "
+                            f"{', '.join(c.__name__ for c in classes) or 'none'}")
+    elif len(classes) == 1:
+        cls = classes[0]
+    else:
+        raise UserError(f"experiment {spec}: {'no recipe class' if not classes else 'several recipe classes'} in "
+                        f"{where}{' (' + ', '.join(c.__name__ for c in classes) + ')' if classes else ''}; name one "
+                        f"as {where}:Class")
+    name = getattr(cls, "name", "")
+    if not name:
+        raise UserError(f"experiment {spec}: {cls.__name__} has no `name` (its YAML is <name>.yaml beside it)")
+    if name not in RECIPES:
+        RECIPES.register(name)(cls)
+    elif RECIPES.get(name) is not cls:
+        raise UserError(f"experiment {spec}: the name {name!r} of {cls.__name__} is taken (a built-in or another "
+                        f"plug-in's recipe); rename it")
+    return name

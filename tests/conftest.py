@@ -1,9 +1,10 @@
 """Fixtures every test module may ask for: a tiny run config, a scratch store, CIFAR-shaped files."""
 import os
+import subprocess
 
 import pytest
 
-from tests.helpers import TINY, write_cifar
+from tests.helpers import ROOT, TINY, write_cifar
 
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -27,3 +28,17 @@ def cifar_root(tmp_path_factory):
     write_cifar(root, "cifar10")
     write_cifar(root, "cifar100", n_train=200)
     return root
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The local SLURM (slurm/local-cluster.sh), started once per test worker; tests using it share one worker
+    (pytest.mark.xdist_group("slurm")). Skips where it cannot start (not root)."""
+    if os.geteuid() != 0:
+        pytest.skip("starting the local SLURM needs root (CI runs as root)")
+    out = subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "start"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    conf = out.stdout.strip().split("=", 1)[1]
+    os.environ["SLURM_CONF"] = conf
+    return {"SLURM_CONF": conf}

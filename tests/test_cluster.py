@@ -4,7 +4,6 @@ Needs root to start SLURM (as in CI); elsewhere the SLURM tests skip with that r
 """
 import json
 import multiprocessing as mp
-import os
 import re
 import subprocess
 import time
@@ -23,18 +22,6 @@ from tests.helpers.signals import SignalAt
 pytestmark = pytest.mark.xdist_group("slurm")  # one local SLURM, started once, by one test worker
 QUICK = ["tracking.mode=disabled", "trainer.accelerator=cpu"]
 ONE = ["--seeds", "1"]  # these tests are about the cluster, not seeds: one seed per grid point keeps them short
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0:
-        pytest.skip("starting the local SLURM needs root (CI runs as root)")
-    out = subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "start"], capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr
-    conf = out.stdout.strip().split("=", 1)[1]
-    os.environ["SLURM_CONF"] = conf
-    return {"SLURM_CONF": conf}
 
 
 def job_of(submitted) -> str:
