@@ -2,6 +2,8 @@
 the seeds and draw the figures into reports/<experiment>/<scale>/verdict.json and its figures."""
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -22,6 +24,15 @@ from framework.store import RunStore
 from framework.tracking import code_version, wandb_mode
 
 HEARTBEAT_S = 30.0
+PROGRESS_FILE = "REPRO_PROGRESS_FILE"  # set by `run all` for each child: its suite's runs done, for the parent
+
+
+def _report_progress(task) -> None:
+    """The suite's progress in the file $REPRO_PROGRESS_FILE names (where `run all` shows it), when set."""
+    path = os.environ.get(PROGRESS_FILE)
+    if path:
+        atomic_write(Path(path), json.dumps({"done": task.completed, "total": task.total,
+                                             "elapsed_s": task.elapsed or 0, "eta_s": task.time_remaining}))
 
 
 @contextmanager
@@ -72,6 +83,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
     with SIGNALS.owned(), Progress(*columns, console=console, transient=False, disable=console is None) as progress, \
             heartbeat(progress, console):
         suite = progress.add_task(f"{recipe.name} [{scale}]", total=len(runs))
+        _report_progress(progress.tasks[suite])
         pending, told = list(runs), False
         while pending:
             busy = []
@@ -86,6 +98,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
                     if summary.get("status") == "failed":
                         failed.append({"run_id": run.run_id, "variant": run.cfg.variant, "error": summary.get("error")})
                     progress.advance(suite)
+                _report_progress(progress.tasks[suite])
             pending = [run for run, _ in busy]
             force = False  # a run another process just trained is not trained again
             if pending:

@@ -82,6 +82,7 @@ def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, wor
             except ProcessLookupError:
                 pass
     previous = {s: signal.signal(s, forward) for s in STOPS}
+    shown = ChildProgress(console, log_dir)
     try:
         while queue or running:
             while queue and len(running) < workers and not stop:
@@ -89,6 +90,7 @@ def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, wor
                 gpu = gpu_of(list(on_gpu.values()), gpus)
                 pid = _fork_command(command, ["run", name, *child_args], log_dir / f"{name}.log", previous, gpu)
                 running[pid] = (name, time.time())
+                shown.start(name)
                 if gpu is not None:
                     on_gpu[pid] = gpu
                 console.print(f"started {name}{f' on GPU {gpu}' if gpu is not None else ''} "
@@ -99,14 +101,69 @@ def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, wor
                     codes[name] = os.waitstatus_to_exitcode(status)
                     del running[pid]
                     on_gpu.pop(pid, None)
+                    shown.finish(name)
                     console.print(f"finished {name} in {time.time() - started:.0f} s (exit status {codes[name]})")
             if stop and not running:
                 break
+            shown.update([name for name, _ in running.values()])
             time.sleep(0.2)
     finally:
+        shown.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     return codes, (stop[0] if stop else None)
+
+
+class ChildProgress:
+    """Each running recipe's progress, from the file its child writes (framework/suite.py): a bar per recipe in a
+    terminal, else a line every HEARTBEAT_S seconds naming each running recipe's runs done of its total."""
+
+    def __init__(self, console, log_dir: Path):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from framework.suite import HEARTBEAT_S
+        self.console, self.log_dir, self.every, self.last = console, log_dir, HEARTBEAT_S, time.time()
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=console) if console.is_terminal else None
+        self.tasks: dict[str, int] = {}
+        if self.bars is not None:
+            self.bars.start()
+
+    def _read(self, name: str) -> dict | None:
+        try:
+            return read_json_file(self.log_dir / f"{name}.progress.json")
+        except Exception:  # not written yet, or mid-replace: the next poll reads it
+            return None
+
+    def start(self, name: str) -> None:
+        (self.log_dir / f"{name}.progress.json").unlink(missing_ok=True)  # a previous command's
+        if self.bars is not None:
+            self.tasks[name] = self.bars.add_task(name, total=None)
+
+    def finish(self, name: str) -> None:
+        if self.bars is not None and name in self.tasks:
+            self.bars.remove_task(self.tasks.pop(name))
+
+    def update(self, running: list[str]) -> None:
+        now = time.time()
+        if self.bars is None and now - self.last < self.every:
+            return
+        states = {name: self._read(name) for name in running}
+        if self.bars is not None:
+            for name, state in states.items():
+                if state and name in self.tasks:
+                    self.bars.update(self.tasks[name], total=state["total"], completed=state["done"])
+            return
+        self.last = now
+        parts = [f"{name} {s['done']:.0f} of {s['total']:.0f} runs"
+                 + (f" (about {s['eta_s']:.0f} s left)" if s.get("eta_s") else "") if s else f"{name} starting"
+                 for name, s in states.items()]
+        if parts:
+            self.console.print("running: " + "; ".join(parts), highlight=False)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
 
 
 def _import_once() -> None:
@@ -134,6 +191,7 @@ def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Pa
         os.setsid()
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        os.environ["REPRO_PROGRESS_FILE"] = str(log.with_suffix(".progress.json"))  # framework/suite.py writes it
         for s, handler in handlers.items():  # the command installs its own on top
             signal.signal(s, handler)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

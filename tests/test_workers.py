@@ -39,3 +39,24 @@ def test_gpus_come_from_the_allocation_and_set_the_default_workers(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")          # none visible: one suite per CPU, no GPU given
     assert visible_gpus() == [] and default_workers() == len(os.sched_getaffinity(0))
     assert gpu_of(["5", "5", "2"], ["2", "5", "7"]) == "7" and gpu_of([], []) is None
+
+
+def test_run_all_shows_each_recipes_progress_in_the_parent(tmp_path, monkeypatch):
+    """Real suites in forked children (the CLI's run command): the parent, whose output is no terminal, prints a
+    line every heartbeat with each running recipe's runs done of its total, read from what the child wrote."""
+    import framework.suite
+    from framework.cli import app
+    monkeypatch.setattr(framework.suite, "HEARTBEAT_S", 0.5)
+    out = tmp_path / "parent.txt"
+    child = ["--scale", "smoke", "--seeds", "1", "tracking.mode=disabled", "--runs-dir", str(tmp_path / "runs"),
+             "--reports-dir", str(tmp_path / "reports")]
+    with open(out, "w") as f:
+        codes, stop = run_side_by_side(["double_descent", "random_labels"], child, tmp_path / "logs", 2,
+                                       Console(file=f, width=200), lambda args: app(args=args, prog_name="repro"),
+                                       gpus=[])
+    assert codes == {"double_descent": 0, "random_labels": 0} and stop is None
+    lines = [line for line in out.read_text().splitlines() if line.startswith("running: ")]
+    assert any("double_descent" in line and " of 4 runs" in line for line in lines), out.read_text()
+    assert any("random_labels" in line for line in lines), out.read_text()
+    done = json.loads((tmp_path / "logs" / "double_descent.progress.json").read_text())
+    assert done["done"] == done["total"] == 4
