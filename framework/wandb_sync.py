@@ -63,7 +63,8 @@ def merge(run_dir: Path, attempts: list[Path]) -> Path:
     os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(mode="offline", id=last["id"], project=last["project"] or None, entity=last["entity"] or None,
                      name=last["name"] or None, group=last["group"] or None, job_type=last["job_type"] or None,
-                     tags=last["tags"], config=last["config"], dir=str(home), reinit="create_new",
+                     tags=last["tags"], config={k: v for k, v in last["config"].items() if not k.startswith("_")},
+                     dir=str(home), reinit="create_new",
                      settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
     for glob in sorted(set().union(*(r["hidden"] for r in records))):
         run.define_metric(glob, hidden=True)
