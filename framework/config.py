@@ -130,6 +130,11 @@ class DiagnosticsConfig:
                                     # directly (VARIANCE_DRAWS minibatches each, G the probe set's full gradient)
     probe_test: bool = False        # also the whole validation and test splits' loss and error at each probe
                                     # (probe/val_loss, probe/val_error, probe/test_loss, probe/test_error)
+    final_sharpness: bool = False   # the summary's final_sharpness: the top Hessian eigenvalue of the trained net on
+                                    # the probe set (power_iters iterations), beside final_weight_norm
+    reparam_scale: float = 0.0      # >0 (a ReLU MLP): also the trained net with its first weight layer scaled by a and
+                                    # the next by 1/a, the same function (Dinh et al. 2017): final_sharpness_reparam,
+                                    # test_error_reparam
     target_loss: float = 0.0        # >0: summary's steps_to_target, the first step the probe loss (else the
                                     # minibatch loss, mean of 5 logged values) is at or below this
 

@@ -185,6 +185,10 @@ def validate(cfg: RunConfig) -> None:
          "must be batch sizes >= 1"),
         ("diagnostics.probe_every", cfg.diagnostics.probe_every > 0 or not (cfg.diagnostics.noise_scale or
                                     cfg.diagnostics.sharpness), "must be > 0 for noise_scale or sharpness probes"),
+        ("diagnostics.reparam_scale", cfg.diagnostics.reparam_scale == 0 or (
+            cfg.diagnostics.reparam_scale > 0 and cfg.model.name == "mlp" and cfg.model.activation == "relu" and
+            not cfg.model.batch_norm and not cfg.model.residual and cfg.model.depth >= 1),
+         "must be 0, or > 0 on a ReLU MLP without batch norm or skips (a rescaling that keeps the function)"),
         ("data.condition", d.condition >= 1.0, "must be >= 1"),
         ("data.feature_scale", d.feature_scale >= 1.0, "must be >= 1 (1: features as they are)"),
     ]

@@ -19,6 +19,7 @@ from framework.files import StoreError, StoreFull, atomic_write, disk_full
 from framework.locks import RunLock
 from framework.optim import effective_lr
 from framework.preemption import SIGNALS, Preempted, Stop
+from framework.probes import final_probes
 from framework.process import compute_label
 from framework.registry import UserError
 from framework.results.measures import diagnostics_summary, epochs_to_target, fit_step, last_epoch_loss, steps_to_target
@@ -205,6 +206,7 @@ def persist(m: Member, store: RunStore, lead: bool, device, initial: dict, steps
         "steps_to_target": steps_to_target(metrics, cfg.diagnostics.target_loss),
         "epochs_to_target": epochs_to_target(metrics, cfg.diagnostics.target_loss),
         **diagnostics_summary(diag),
+        **final_probes(module, splits, cfg.diagnostics, device),
     }
     if not m.writes(lead):
         raise RuntimeError(f"lost the lock of {store.run_dir(m.exp, m.run_id)} while training (its heartbeat stopped "

@@ -13,6 +13,8 @@ changes no trained number.
 """
 from __future__ import annotations
 
+import copy
+
 import pytorch_lightning as pl
 import torch
 
@@ -91,3 +93,45 @@ class Probes(pl.Callback):
             net.train(was_training)
             net.zero_grad(set_to_none=True)
         return out
+
+
+def final_probes(module, splits, cfg, device) -> dict[str, float]:
+    """The trained net, measured once at the end on the probe set: its parameters' L2 norm (final_weight_norm);
+    with cfg.final_sharpness its top Hessian eigenvalue (final_sharpness); with cfg.reparam_scale = a the same net
+    with its first weight layer (weights and bias) times a and the next layer's weights over a: for a ReLU net the
+    same function (Dinh et al. 2017, Sec. 4), measured as final_sharpness_reparam and test_error_reparam."""
+    from framework.models import linear_layers
+    net = module.net.to(device)
+    out = {"final_weight_norm": float(torch.sqrt(sum(p.detach().pow(2).sum() for p in net.parameters())))}
+    if not (cfg.final_sharpness or cfg.reparam_scale > 0):
+        return out
+    n = cfg.probe_samples or len(splits.x_train)
+    x, y = splits.x_train[:n].to(device), splits.y_train[:n].to(device)
+    nets = {"": net}
+    if cfg.reparam_scale > 0:
+        twin = copy.deepcopy(net)
+        first, second = linear_layers(twin)[:2]
+        with torch.no_grad():
+            first.weight.mul_(cfg.reparam_scale)
+            if first.bias is not None:
+                first.bias.mul_(cfg.reparam_scale)
+            second.weight.div_(cfg.reparam_scale)
+        nets["_reparam"] = twin
+        module.net = twin  # evaluated exactly as the trained net is (module.evaluate), then put back
+        try:
+            held_out = module.evaluate(splits.x_test, splits.y_test) if len(splits.x_test) else {}
+        finally:
+            module.net = net
+        out["test_error_reparam"] = held_out.get("error", float("nan"))
+        out["test_loss_reparam"] = held_out.get("loss", float("nan"))
+    for suffix, n_ in nets.items():
+        was_training = n_.training
+        n_.eval()
+        try:
+            value, _ = top_eigenvalue(n_, module.loss_fn, x, y, cfg.power_iters, None,
+                                      torch.Generator().manual_seed(0))
+            out[f"final_sharpness{suffix}"] = value
+        finally:
+            n_.train(was_training)
+            n_.zero_grad(set_to_none=True)
+    return out

@@ -25,7 +25,7 @@ from framework.preemption import STOPS
 # missing here starts last.
 CPU_SECONDS = {"vanishing_gradients": 204, "double_descent": 158, "adam_vs_sgd": 118, "step_size": 98,
                "random_labels": 96, "regularisation": 90, "sgd_temperature": 85, "lr_scaling": 81, "gradient_noise": 77,
-               "edge_of_stability": 62, "initialisation": 62}
+               "edge_of_stability": 62, "initialisation": 62, "implicit_regularisation": 58}
 
 
 def default_workers() -> int:

@@ -16,6 +16,7 @@ from tests.helpers.claims import edit, judged, smoke, verdict_of
 
 
 @pytest.mark.parametrize("name", ["random_labels", "double_descent", "lr_scaling", "adam_vs_sgd", "step_size",
+                                  "implicit_regularisation",
                                   "gradient_noise", "sgd_temperature", "initialisation", "edge_of_stability",
                                   "regularisation"])
 def test_smoke_suite_runs_for_real(name, tmp_path_factory):
