@@ -217,7 +217,7 @@ class ImplicitRegularisation(Recipe):
 
     def figures(self, runs: Runs, outdir: Path) -> list[Path]:
         sns, plt = sns_setup()
-        fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+        fig, axes = plt.subplots(2, 3, figsize=(17, 9))
         batch = runs.matching(part="batch")
         batch = batch[batch["status"] == "done"].assign(ratio=lambda f: f["optim.lr"] / f["data.batch_size"])
         if len(batch):
@@ -233,17 +233,30 @@ class ImplicitRegularisation(Recipe):
                             ax=axes[1, 1])
             axes[1, 1].set(xscale="log", xlabel="final sharpness", ylabel="test error",
                            title="Test error against sharpness")
-        frames = []
+        frames, probes = [], []
         for _, r in runs.matching(part="catapult").iterrows():
             m = runs.curve(r)
+            eta = f"{float(r['optim.lr']):g}"
             if not m.empty and "train/loss_epoch" in m:
                 f = m.dropna(subset=["train/loss_epoch"])[["step", "train/loss_epoch"]].copy()
-                f["eta"], f["seed"] = f"{float(r['optim.lr']):g}", r["seed"]
+                f["eta"], f["seed"] = eta, r["seed"]
                 frames.append(f)
+            if not m.empty and "probe/sharpness" in m:
+                p = m.dropna(subset=["probe/sharpness"])[["step", "probe/sharpness"]].copy()
+                p["eta x sharpness / 2"], p["eta"], p["seed"] = p["probe/sharpness"] * float(eta) / 2, eta, r["seed"]
+                probes.append(p)
         if frames:
             table = pd.concat(frames, ignore_index=True)
             table = table[table["train/loss_epoch"].between(0, 1e6)]
             sns.lineplot(table, x="step", y="train/loss_epoch", hue="eta", errorbar=("pi", 100), ax=axes[1, 0])
             axes[1, 0].set(yscale="log", ylabel="full-batch loss", title="The catapult: loss over steps, by eta")
+        if probes:
+            table = pd.concat(probes, ignore_index=True)
+            table = table[table["eta x sharpness / 2"].between(0, 1e3)]
+            sns.lineplot(table, x="step", y="eta x sharpness / 2", hue="eta", errorbar=("pi", 100), ax=axes[0, 2])
+            axes[0, 2].axhline(1.0, color="k", ls="--", lw=0.8)
+            axes[0, 2].set(yscale="log", title="The catapult: sharpness over steps, in units of 2 / eta (dashed: "
+                                               "stable below)")
+        axes[1, 2].axis("off")
         fig.tight_layout()
         return save(fig, outdir / "implicit_regularisation")
