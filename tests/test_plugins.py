@@ -3,6 +3,7 @@ examples/plugin, loaded with --plugin (its entry point does the same once instal
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,8 +28,10 @@ def venv(tmp_path_factory):
     site_dir = subprocess.run([str(home / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
                                "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
     Path(site_dir, "_repro_base.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    source = home.parent / "plugin"  # built from a copy: a build writes build/ and *.egg-info beside its sources
+    shutil.copytree(ROOT / "examples" / "plugin", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     pip = subprocess.run([str(home / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
-                          "--no-build-isolation", "--no-index", str(ROOT / "examples" / "plugin")],
+                          "--no-build-isolation", "--no-index", str(source)],
                          capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-2000:]
     return home / "bin" / "python"
