@@ -52,7 +52,8 @@ def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seed
     """The same frames from W&B: through wandb.Api when online, else from the offline run files in the store."""
     runs = recipe.runs(scale, list(overrides), seeds, seed_base)
     if runs and wandb_mode(runs[0].cfg) == "online":
-        return _api_frames(recipe, runs, project or runs[0].cfg.tracking.project, runs[0].cfg.tracking.entity, store)
+        return _api_frames(recipe, scale, runs, project or runs[0].cfg.tracking.project, runs[0].cfg.tracking.entity,
+                           store)
     summary_rows, histories = [], []
     for run in runs:
         folders = offline_runs(store.run_dir(recipe.name, run.run_id))
@@ -84,16 +85,30 @@ def _frames(runs, summary_rows: list[dict], histories: list[pd.DataFrame], store
     return summary, (pd.concat(histories, ignore_index=True) if histories else pd.DataFrame())
 
 
-def _api_frames(recipe, runs, project, entity, store):  # pragma: no cover - needs a W&B account and network
+def current_attempts(remotes, wanted) -> dict:
+    """Each wanted run's W&B run among `remotes` (the suite's group): matched by the run_id in its config (its W&B id
+    is the config hash, or <hash>-<attempt> for a fresh attempt: tracking.wandb_id), the latest attempt's."""
+    best: dict = {}
+    for remote in remotes:
+        config = dict(remote.config)
+        run_id = config.get("run_id") or remote.id.split("-")[0]
+        attempt = int(config.get("attempt") or 1)
+        if run_id in wanted and attempt >= best.get(run_id, (0, None))[0]:
+            best[run_id] = (attempt, remote)
+    return {run_id: remote for run_id, (_, remote) in best.items()}
+
+
+def _api_frames(recipe, scale, runs, project, entity, store):  # pragma: no cover - needs a W&B account and network
     import wandb
     api = wandb.Api(timeout=30)
     path = f"{entity}/{project}" if entity else project
     wanted = {run.run_id: run for run in runs}
     summary_rows, histories = [], []
-    for remote in api.runs(path, filters={"group": recipe.name}):
-        run = wanted.get(remote.id)
-        if run is None:
-            continue
+    # the training runs' group is the experiment at its scale (tracking.make_wandb_logger); its verdict run, whose
+    # config holds no run_id, is left out by current_attempts
+    found = current_attempts(api.runs(path, filters={"group": f"{recipe.name}-{scale}"}), wanted)
+    for run_id, remote in found.items():
+        run = wanted[run_id]
         summary_rows.append({"run_id": run.run_id, "variant": run.cfg.variant, **run.axes,
                              **{k: v for k, v in flatten(dict(remote.config)).items()},
                              **{k: v for k, v in remote.summary.items() if not k.startswith("_")}})

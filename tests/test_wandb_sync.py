@@ -74,3 +74,24 @@ def test_force_starts_a_new_wandb_run(tiny, tmp_path, offline):
     record = read_run(folder)
     assert record["id"] == f"{run_id}-2" and record["config"]["attempt"] == 2 and record["config"]["run_id"] == run_id
     assert store.read_json("test", run_id, "status.json")["attempt"] == 2
+
+
+def test_reading_back_from_wandb_takes_each_runs_latest_attempt(tiny, tmp_path, offline):
+    """What `repro report --source wandb` matches online, on the real offline records of a run trained, then
+    forced (two W&B runs, <hash> and <hash>-2) and another run's, and the suite's verdict run: each stored run's
+    latest attempt, by the run_id in its config; the verdict run and a run not asked for left out."""
+    from types import SimpleNamespace
+
+    from framework.report import current_attempts
+    store = RunStore(tmp_path / "runs")
+    cfg, other = tiny(tracking__mode="auto"), tiny(tracking__mode="auto", seed=1)
+    train(cfg, store)
+    first = read_run(offline_runs(store.run_dir("test", config_hash(cfg)))[0])
+    train(cfg, store, force=True)
+    second = read_run(offline_runs(store.run_dir("test", config_hash(cfg)))[0])
+    train(other, store)
+    third = read_run(offline_runs(store.run_dir("test", config_hash(other)))[0])
+    remotes = [SimpleNamespace(id=r["id"], config=r["config"]) for r in (second, first, third)]
+    remotes.append(SimpleNamespace(id="verdict-test-smoke", config={"experiment": "test"}))
+    found = current_attempts(remotes, {config_hash(cfg): None})
+    assert list(found) == [config_hash(cfg)] and found[config_hash(cfg)].id == f"{config_hash(cfg)}-2"
