@@ -137,13 +137,13 @@ def finish_run(run, timeout: float = 30.0) -> None:
     right after could otherwise see a run with none of its records."""
     import time
 
-    from framework.wandb_files import read_run
+    from framework.wandb_files import is_complete
     path = Path(getattr(run.settings, "sync_file", "") or "")
     run.finish()
     deadline = time.monotonic() + timeout
     while path.is_file():
         try:
-            if read_run(path)["complete"]:
+            if is_complete(path):
                 return
         except Exception:  # a record half-written at this instant: read again
             pass

@@ -6,7 +6,7 @@ import pytest
 
 from framework.config import config_hash
 from framework.runner import train
-from framework.wandb_files import offline_runs, read_run
+from framework.wandb_files import is_complete, offline_runs, read_run
 
 
 def test_same_config_same_metrics(tiny, tmp_path):
@@ -87,3 +87,9 @@ def test_wandb_offline_run_files_hold_metrics_and_config(tiny, store, monkeypatc
     assert any(k.startswith("grad_norm/layer_") for row in run["history"] for k in row)
     assert run["summary"]["train_loss"] == pytest.approx(summary["train_loss"])
     assert run["summary"]["status"] == "done"
+    # whole when the run is stored (tracking.finish_run waits for it); a file cut short before its exit record is not
+    (log,) = folder.glob("*.wandb")
+    assert is_complete(log)
+    cut = tmp_path / "cut.wandb"
+    cut.write_bytes(log.read_bytes()[:len(log.read_bytes()) // 2])
+    assert not is_complete(cut)
