@@ -24,7 +24,7 @@ from framework.results.runs import Runs, runs_frame
 from framework.store import RunStore
 from framework.suite import claims_or_error
 from framework.tracking import code_version, wandb_mode
-from framework.wandb_files import offline_runs, read_run
+from framework.wandb_files import STEP, merged_history, offline_runs, read_run
 
 
 def local_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seeds=None,
@@ -41,7 +41,7 @@ def wandb_history(run: dict) -> pd.DataFrame:
     frame = pd.DataFrame([r for r in rows if any(k in r for k in ("train/loss", "train/loss_epoch", "val/loss"))])
     if frame.empty:
         return frame
-    frame = frame.rename(columns={"trainer/global_step": "step"}).drop(
+    frame = frame.rename(columns={STEP: "step"}).drop(
         columns=[c for c in ("_step", "_runtime", "_timestamp") if c in frame], errors="ignore")
     merged = frame.groupby("step", as_index=False).first()
     return merged[["step", *sorted(c for c in merged.columns if c != "step")]]
@@ -70,9 +70,9 @@ def wandb_frames(recipe: Recipe, scale: str, store: RunStore, overrides=(), seed
                                                                    ("run_id", "code")}).items()
                                 if not isinstance(v, list)},
                              **{k: v for k, v in final.items() if not k.startswith("_") and "/" not in k}})
-        hist = pd.concat([wandb_history(r) for r in records], ignore_index=True)
+        # a resumed run's attempts as one history, merged as `repro sync` merges them
+        hist = wandb_history({"history": merged_history(records)})
         if not hist.empty:
-            hist = hist.groupby("step", as_index=False).last()
             for col in ["run_id", "variant", *run.axes]:
                 hist[col] = summary_rows[-1][col]
             histories.append(hist)
@@ -112,7 +112,7 @@ def _api_frames(recipe, scale, runs, project, entity, store):  # pragma: no cove
         summary_rows.append({"run_id": run.run_id, "variant": run.cfg.variant, **run.axes,
                              **{k: v for k, v in flatten(dict(remote.config)).items()},
                              **{k: v for k, v in remote.summary.items() if not k.startswith("_")}})
-        hist = remote.history(samples=100_000, pandas=True).rename(columns={"trainer/global_step": "step"})
+        hist = remote.history(samples=100_000, pandas=True).rename(columns={STEP: "step"})
         for col in ["run_id", "variant", *run.axes]:
             hist[col] = summary_rows[-1][col]
         histories.append(hist)

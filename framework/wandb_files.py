@@ -85,6 +85,23 @@ def read_run(path: str | Path) -> dict:
     return out
 
 
+STEP = "trainer/global_step"  # Lightning's WandbLogger adds it to every row it logs
+
+
+def merged_history(records: list[dict]) -> list[dict]:
+    """A run's attempts (read_run records, oldest first: a preempted run resumed writes one offline run per
+    attempt) as one history: each attempt's rows before the first step its successor logged, then the
+    successor's (a resume from a checkpoint logs from the step after it; a row past it was redone). W&B's own
+    counters (_step, _runtime, _timestamp), which restart with each attempt, are left out."""
+    rows: list[dict] = []
+    for record in records:
+        steps = [r[STEP] for r in record["history"] if STEP in r]
+        if steps:
+            rows = [r for r in rows if r.get(STEP, -1) < min(steps)]
+        rows += record["history"]
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
 def is_complete(path: str | Path) -> bool:
     """Whether the run's file holds its exit record: each record's type only, no value decoded (a 4 MB run reads in
     10 ms, against 0.5 s for read_run). A record cut short (a file still being written) is not whole."""

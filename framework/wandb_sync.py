@@ -15,9 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from framework.wandb_files import offline_runs, read_run
+from framework.wandb_files import merged_history, offline_runs, read_run
 
-STEP = "trainer/global_step"  # Lightning's WandbLogger adds it to every row it logs
 MERGED = "merged"  # <run>/wandb/merged/: the merged run and the list of attempts it holds
 
 
@@ -31,18 +30,6 @@ class Upload:
     @property
     def synced(self) -> bool:
         return any(self.folder.glob("*.wandb.synced"))  # wandb sync's own marker
-
-
-def merged_history(records: list[dict]) -> list[dict]:
-    """The attempts' rows as one history: each attempt's rows before the first step its successor logged, then
-    the successor's (a resume from a checkpoint logs from the step after it; a row past it was redone)."""
-    rows: list[dict] = []
-    for record in records:
-        steps = [r[STEP] for r in record["history"] if STEP in r]
-        if steps:
-            rows = [r for r in rows if r.get(STEP, -1) < min(steps)]
-        rows += record["history"]
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
 def merge(run_dir: Path, attempts: list[Path]) -> Path:

@@ -6,11 +6,9 @@ from framework.config import config_hash
 from framework.preemption import Preempted
 from framework.runner import train
 from framework.store import RunStore
-from framework.wandb_files import offline_runs, read_run
+from framework.wandb_files import STEP, offline_runs, read_run
 from tests.helpers import repro
 from tests.helpers.signals import SignalAt
-
-STEP = "trainer/global_step"
 
 
 @pytest.fixture
