@@ -76,7 +76,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
         wandb_mode(cfg)
     started = time.time()
     failed: list[dict] = []
-    reused = 0 if force else sum(store.unusable(r.cfg, r.run_id) is None for r in runs)
+    reused = 0  # runs the store already held finished: train_group returns them marked `skipped`
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn()]
     # the task owns USR1, TERM and INT from here on, between runs too
@@ -95,6 +95,7 @@ def run_suite(recipe: Recipe, scale: str | None, overrides, store: RunStore, rep
                     if isinstance(summary, RunBusy):
                         busy.append((run, summary.owner))
                         continue
+                    reused += bool(summary.get("skipped"))
                     if summary.get("status") == "failed":
                         failed.append({"run_id": run.run_id, "variant": run.cfg.variant, "error": summary.get("error")})
                     progress.advance(suite)
