@@ -19,6 +19,7 @@ from typing import Callable
 
 from framework.files import read_json_file
 from framework.preemption import STOPS
+from framework.suite import PROGRESS_FILE
 
 # Wall seconds each recipe took at its cpu scale on the 2-core reference machine, two side by side (reports/
 # benchmarks.md): only the order in which suites start (longest first keeps the workers evenly loaded); a recipe
@@ -57,6 +58,11 @@ def gpu_of(running_gpus: list[str], gpus: list[str]) -> str | None:
     return min(gpus, key=lambda g: (running_gpus.count(g), gpus.index(g)))
 
 
+def progress_file(log_dir: Path, name: str) -> Path:
+    """Where recipe `name`'s child writes its suite's progress (framework/suite.py), for the parent to show."""
+    return log_dir / f"{name}.progress.json"
+
+
 def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, workers: int,
                      console, command: Callable[[list[str]], None],
                      gpus: list[str] | None = None) -> tuple[dict, int | None]:
@@ -88,7 +94,8 @@ def run_side_by_side(names: list[str], child_args: list[str], log_dir: Path, wor
             while queue and len(running) < workers and not stop:
                 name = queue.pop(0)
                 gpu = gpu_of(list(on_gpu.values()), gpus)
-                pid = _fork_command(command, ["run", name, *child_args], log_dir / f"{name}.log", previous, gpu)
+                pid = _fork_command(command, ["run", name, *child_args], log_dir / f"{name}.log",
+                                    progress_file(log_dir, name), previous, gpu)
                 running[pid] = (name, time.time())
                 shown.start(name)
                 if gpu is not None:
@@ -131,12 +138,12 @@ class ChildProgress:
 
     def _read(self, name: str) -> dict | None:
         try:
-            return read_json_file(self.log_dir / f"{name}.progress.json")
+            return read_json_file(progress_file(self.log_dir, name))
         except Exception:  # not written yet, or mid-replace: the next poll reads it
             return None
 
     def start(self, name: str) -> None:
-        (self.log_dir / f"{name}.progress.json").unlink(missing_ok=True)  # a previous command's
+        progress_file(self.log_dir, name).unlink(missing_ok=True)  # a previous command's
         if self.bars is not None:
             self.tasks[name] = self.bars.add_task(name, total=None)
 
@@ -176,11 +183,11 @@ def _import_once() -> None:
     import framework.suite  # noqa: F401
 
 
-def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Path, handlers: dict,
+def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Path, progress: Path, handlers: dict,
                   gpu: str | None = None) -> int:
-    """A child process running the CLI on args, its output in `log`, in its own session (a Ctrl-C at the terminal
-    reaches it once, through this process), seeing only `gpu` when given; returns its pid. The child exits with the
-    command's exit status."""
+    """A child process running the CLI on args, its output in `log`, its suite's progress in `progress`, in its own
+    session (a Ctrl-C at the terminal reaches it once, through this process), seeing only `gpu` when given; returns
+    its pid. The child exits with the command's exit status."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -191,7 +198,7 @@ def _fork_command(command: Callable[[list[str]], None], args: list[str], log: Pa
         os.setsid()
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        os.environ["REPRO_PROGRESS_FILE"] = str(log.with_suffix(".progress.json"))  # framework/suite.py writes it
+        os.environ[PROGRESS_FILE] = str(progress)
         for s, handler in handlers.items():  # the command installs its own on top
             signal.signal(s, handler)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
