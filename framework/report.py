@@ -23,7 +23,7 @@ from framework.registry import UserError
 from framework.results.runs import Runs, runs_frame
 from framework.store import RunStore
 from framework.suite import claims_or_error
-from framework.tracking import code_version, wandb_mode
+from framework.tracking import code_version, wandb_group, wandb_mode
 from framework.wandb_files import STEP, merged_history, offline_runs, read_run
 
 
@@ -104,9 +104,8 @@ def _api_frames(recipe, scale, runs, project, entity, store):  # pragma: no cove
     path = f"{entity}/{project}" if entity else project
     wanted = {run.run_id: run for run in runs}
     summary_rows, histories = [], []
-    # the training runs' group is the experiment at its scale (tracking.make_wandb_logger); its verdict run, whose
-    # config holds no run_id, is left out by current_attempts
-    found = current_attempts(api.runs(path, filters={"group": f"{recipe.name}-{scale}"}), wanted)
+    # the suite's group holds its verdict run too, whose config has no run_id: current_attempts leaves it out
+    found = current_attempts(api.runs(path, filters={"group": wandb_group(recipe.name, scale)}), wanted)
     for run_id, remote in found.items():
         run = wanted[run_id]
         summary_rows.append({"run_id": run.run_id, "variant": run.cfg.variant, **run.axes,

@@ -92,6 +92,12 @@ def _read_requirements_once() -> None:
     wandb.util.working_set = working_set
 
 
+def wandb_group(experiment: str, scale: str = "") -> str:
+    """A suite's W&B group, its training runs' and its verdict run's: the experiment at its scale (a smoke and a cpu
+    run of one variant are not averaged together)."""
+    return f"{experiment}-{scale}" if scale else experiment
+
+
 def wandb_id(run_id: str, attempt: int) -> str:
     """The W&B run of an attempt: the config hash for the first, so a resume from the checkpoint (a requeue,
     a relaunch) continues the same W&B run; a fresh attempt (`--force`, a retry after a failure) starts its own
@@ -112,17 +118,15 @@ def make_wandb_logger(cfg: RunConfig, run_id: str, save_dir: Path, scale: str = 
     from pytorch_lightning.loggers import WandbLogger
     _read_requirements_once()
 
-    # group: the experiment at its scale (a smoke and a cpu run of one variant are not averaged together);
-    # job_type: the variant; tags: experiment, scale and seed, so a seed's runs can be filtered
+    # group: wandb_group; job_type: the variant; tags: experiment, scale and seed, so a seed's runs can be filtered
     tags = list(dict.fromkeys([cfg.experiment, *([scale] if scale else []), f"seed:{cfg.seed}", *cfg.tracking.tags]))
     save_dir.mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(
         project=cfg.tracking.project, entity=cfg.tracking.entity or None,
-        group=f"{cfg.experiment}-{scale}" if scale else cfg.experiment,
+        group=wandb_group(cfg.experiment, scale),
         job_type=cfg.variant[:64], name=f"{cfg.variant}-{run_id}"[:128], tags=tags, id=wandb_id(run_id, attempt),
-        resume="allow",
-        mode=mode, save_dir=str(save_dir), config={**to_dict(cfg), "run_id": run_id, "attempt": attempt, "grid": dict(axes or {}),
-                                                           "code": code_version()},
+        resume="allow", mode=mode, save_dir=str(save_dir),
+        config={**to_dict(cfg), "run_id": run_id, "attempt": attempt, "grid": dict(axes or {}), "code": code_version()},
         settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True, x_disable_meta=False),
         **({"reinit": "create_new"} if several else {}),
     )

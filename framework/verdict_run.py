@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from framework.config import RunConfig
-from framework.tracking import finish_run, wandb_mode
+from framework.tracking import finish_run, wandb_group, wandb_mode
 
 
 def log_report_run(verdict: dict, outdir: Path, tracking=None) -> None:
@@ -24,8 +24,9 @@ def log_report_run(verdict: dict, outdir: Path, tracking=None) -> None:
     if mode == "disabled":
         return
     name, scale = verdict["experiment"], verdict["scale"]
-    run = wandb.init(project=tracking.project, entity=tracking.entity or None, group=f"{name}-{scale}",
-                     job_type="verdict", mode=mode, id=re.sub(r"[^A-Za-z0-9_-]", "-", f"verdict-{name}-{scale}")[:64],
+    label = f"verdict-{wandb_group(name, scale)}"  # the run's id and its artifact's name
+    run = wandb.init(project=tracking.project, entity=tracking.entity or None, group=wandb_group(name, scale),
+                     job_type="verdict", mode=mode, id=re.sub(r"[^A-Za-z0-9_-]", "-", label)[:64],
                      resume="allow", name=f"verdict {name} [{scale}]", dir=str(outdir),
                      tags=[name, scale, "verdict"], reinit="finish_previous")
     try:
@@ -43,7 +44,7 @@ def log_report_run(verdict: dict, outdir: Path, tracking=None) -> None:
         run.summary.update(summary)
         run.log({"claims": table, **{Path(f).stem: wandb.Image(str(outdir / f)) for f in verdict["figures"]
                                      if f.endswith(".png")}})
-        artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "-", f"verdict-{name}-{scale}"), type="verdict")
+        artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "-", label), type="verdict")
         for f in ["verdict.json", "summary.csv", *[f for f in verdict["figures"] if f.endswith(".pdf")]]:
             if (outdir / f).exists():
                 artifact.add_file(str(outdir / f))
