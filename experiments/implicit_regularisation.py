@@ -44,6 +44,7 @@ from experiments import RECIPES
 from framework.claims import Definition, Definitions
 from framework.plots import save, sns_setup
 from framework.recipe import Recipe
+from framework.results.measures import FINISHED
 from framework.results.runs import Runs
 from framework.verdict import Claim, above, below
 
@@ -121,7 +122,8 @@ DEFINITIONS = Definitions(
 
 
 def _value(row, key: str) -> float:
-    v = None if row is None or row.get("status") not in ("done", "diverged") else row.get(key)
+    """A finished run's number (nan for a run that did not finish, or a number it does not have)."""
+    v = None if row is None or row.get("status") not in FINISHED else row.get(key)
     return float(v) if v is not None and pd.notna(v) else math.nan
 
 
