@@ -51,10 +51,9 @@ def _main(show_version: bool = typer.Option(False, "--version", callback=_versio
           plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="a module or .py file that registers "
                                                      "your models, datasets or recipes (repeatable; REPRO_PLUGINS)")):
     """Reproduce documented phenomena of neural-network training, tracked run by run."""
-    if plugin:  # through the environment: run all's children and SLURM array tasks load them too
-        known = [p for p in os.environ.get("REPRO_PLUGINS", "").split(",") if p]
-        os.environ["REPRO_PLUGINS"] = ",".join(dict.fromkeys([*known, *(str(Path(p).resolve()) if p.endswith(".py")
-                                                                        else p for p in plugin)]))
+    if plugin:
+        from framework.plugins import add_plugins
+        add_plugins(plugin)
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 

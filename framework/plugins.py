@@ -25,18 +25,42 @@ GROUP = "repro.plugins"
 _loaded: set[str] = set()
 
 
-def _import(spec: str):
-    if spec.endswith(".py") or os.sep in spec:
-        path = Path(spec).expanduser().resolve()
+def _is_file(spec: str) -> bool:
+    return spec.endswith(".py") or os.sep in spec
+
+
+def plugin_key(spec: str) -> str:
+    """How a plug-in is known: a file by its absolute path (one file named two ways is one plug-in, imported once),
+    a module by its name. REPRO_PLUGINS holds these keys."""
+    return str(Path(spec).expanduser().resolve()) if _is_file(spec) else spec
+
+
+def _module_name(key: str) -> str:
+    return f"repro_plugin_{Path(key).stem}" if _is_file(key) else key
+
+
+def plugins_in_env() -> list[str]:
+    return [plugin_key(s.strip()) for s in os.environ.get("REPRO_PLUGINS", "").split(",") if s.strip()]
+
+
+def add_plugins(specs) -> None:
+    """Adds plug-ins to REPRO_PLUGINS (through the environment: `run all`'s children and SLURM array tasks load
+    them too), each once."""
+    os.environ["REPRO_PLUGINS"] = ",".join(dict.fromkeys([*plugins_in_env(), *map(plugin_key, specs)]))
+
+
+def _import(key: str):
+    if _is_file(key):
+        path = Path(key)
         if not path.exists():
             raise FileNotFoundError(f"no file {path}")
-        name = f"repro_plugin_{path.stem}"
+        name = _module_name(key)
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
         return module
-    return importlib.import_module(spec)
+    return importlib.import_module(key)
 
 
 def load_plugins() -> list[str]:
@@ -44,7 +68,7 @@ def load_plugins() -> list[str]:
     import experiments  # noqa: F401  (the built-in recipes first: a plug-in's name clashes with them, not they with it)
     import framework.nets  # noqa: F401  (every built-in model, dataset and loss registered)
     found = [(ep.name, ep) for ep in entry_points(group=GROUP)]
-    found += [(s.strip(), None) for s in os.environ.get("REPRO_PLUGINS", "").split(",") if s.strip()]
+    found += [(key, None) for key in plugins_in_env()]
     loaded = []
     for name, ep in found:
         if name in _loaded:
@@ -75,12 +99,9 @@ def load_recipe(spec: str) -> str:
     from experiments import RECIPES
     from framework.recipe import Recipe
     where, _, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    add_plugins([where])
     load_plugins()
-    names = [s.strip() for s in os.environ.get("REPRO_PLUGINS", "").split(",") if s.strip()]
-    if where not in names:
-        os.environ["REPRO_PLUGINS"] = ",".join([*names, where])
-    load_plugins()
-    module = sys.modules[f"repro_plugin_{Path(where).stem}" if where.endswith(".py") or os.sep in where else where]
+    module = sys.modules[_module_name(plugin_key(where))]
     classes = [c for c in vars(module).values()
                if isinstance(c, type) and issubclass(c, Recipe) and c is not Recipe and c.__module__ == module.__name__]
     if attr:

@@ -100,6 +100,9 @@ def test_a_recipe_from_its_file_or_module_path(tmp_path):
     verdict = json.loads((tmp_path / "reports" / "wide_fits" / "smoke" / "verdict.json").read_text())
     assert verdict["runs"] == {"done": 4} and verdict["claims"][0]["key"] == "wide_fits_better"
     (pkg / "two.py").write_text(RECIPE + "\n\nclass Other(WideFits):\n    name = 'other'\n")
+    # one file named two ways (--plugin's absolute path, the recipe's relative one) is one plug-in, imported once
+    same = repro("--plugin", str(PLUGIN), "plan", str(PLUGIN.relative_to(ROOT)) + ":RingsSeparate", "--scale", "smoke")
+    assert same.returncode == 0 and "rings_separate" in same.stdout, same.stderr[-2000:]
     two = cli("plan", str(pkg / "two.py"))
     assert two.exit_code == 2 and "several recipe classes" in two.stderr and "two.py:Class" in two.stderr, two.output
 
